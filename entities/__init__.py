@@ -1,0 +1,65 @@
+"""Durable entities for Python, on Celery, Redis and Postgres.
+
+Define an entity by subclassing :class:`Entity`; send it messages with
+``workers.send_to_entity.delay(type, id, msg)`` or ``MyEntity.ref(id).op(...)``.
+"""
+
+from entities.client import (
+    cancel_alarm,
+    cancel_all_alarms,
+    delete,
+    list_alarms,
+    list_entities,
+    read,
+    schedule_alarm,
+)
+from entities.errors import (
+    BadMessage,
+    ConfigurationError,
+    DefinitionError,
+    EntityError,
+    FenceError,
+    MessageError,
+    SchemaError,
+    StateError,
+    StoreError,
+    UnknownEntityType,
+    UnknownHandler,
+    UpgradeError,
+)
+from entities.model import Entity, field, handler
+from entities.settings import Settings, configure, get_settings
+from entities.store import Snapshot
+
+__all__ = [
+    # defining entities
+    "Entity",
+    "field",
+    "handler",
+    # outside the queue
+    "cancel_alarm",
+    "cancel_all_alarms",
+    "delete",
+    "list_alarms",
+    "list_entities",
+    "read",
+    "schedule_alarm",
+    "Snapshot",
+    # settings
+    "Settings",
+    "configure",
+    "get_settings",
+    # errors
+    "BadMessage",
+    "ConfigurationError",
+    "DefinitionError",
+    "EntityError",
+    "FenceError",
+    "MessageError",
+    "SchemaError",
+    "StateError",
+    "StoreError",
+    "UnknownEntityType",
+    "UnknownHandler",
+    "UpgradeError",
+]

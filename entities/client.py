@@ -1,0 +1,168 @@
+"""Client helpers: reading state outside the queue, alarms, delete, and entity refs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import TYPE_CHECKING, Any
+
+from entities import registry
+from entities.errors import UnknownHandler
+from entities.messages import OP_DELETE, validate_id
+from entities.model import Delay, _check_alarm_name, fire_time
+from entities.routing import TASK_NAME
+from entities.settings import get_settings
+from entities.store import AlarmChange, Snapshot, SQLStore, Store
+from entities.transport import client_app
+
+if TYPE_CHECKING:
+    from entities.model import Entity
+
+
+_lock = threading.Lock()
+_store: Store | None = None
+
+#: Seconds a generated client call waits for its reply unless told otherwise.
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def get_store() -> Store:
+    """The process-wide store, opened on first use from the settings (schema checked)."""
+    global _store
+    with _lock:
+        if _store is None:
+            settings = get_settings()
+            store = SQLStore(settings.database_url)
+            store.check_schema()
+            store.ensure_partitions(settings.partitions)
+            _store = store
+        return _store
+
+
+def set_store(store: Store | None) -> None:
+    """Installs ``store`` as the process-wide store (tests and embedding apps)."""
+    global _store
+    with _lock:
+        _store = store
+
+
+def read(entity_type: str | type[Entity], entity_id: str) -> Snapshot | None:
+    """The last committed state, read from the store without waiting behind queued messages."""
+    name = registry.type_name(entity_type)
+    validate_id("entity id", entity_id)
+    return get_store().load(name, entity_id)
+
+
+def list_entities(
+    entity_type: str | type[Entity], limit: int = 100, after: str | None = None
+) -> list[str]:
+    """Stored ids of ``entity_type``, ascending, at most ``limit``, after ``after``."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    return get_store().list_ids(registry.type_name(entity_type), limit, after)
+
+
+def send(
+    entity_type: str | type[Entity],
+    entity_id: str,
+    msg: dict[str, Any],
+    durability: str | None = None,
+    **options: Any,
+) -> Any:
+    """Sends ``msg`` to an entity through its partition queue; returns the AsyncResult."""
+    name = registry.type_name(entity_type)
+    args: list[Any] = [name, entity_id, msg]
+    if durability is not None:
+        args.append(durability)
+    return client_app().send_task(TASK_NAME, args=args, **options)
+
+
+def delete(entity_type: str | type[Entity], entity_id: str, timeout: float = 10) -> None:
+    """Deletes an entity's state and alarms, in order with its queued messages.
+
+    Waits up to ``timeout`` seconds for the deletion to commit; the next
+    message to the entity starts from the defaults.
+    """
+    send(entity_type, entity_id, {"op": OP_DELETE}).get(timeout=timeout)
+
+
+def schedule_alarm(
+    entity_type: str | type[Entity],
+    entity_id: str,
+    name: str,
+    delay: Delay,
+    payload: Any = None,
+) -> dt.datetime:
+    """Schedules (or replaces) alarm ``name`` of an entity; returns when it fires."""
+    from entities.codec import encode
+
+    _check_alarm_name(name)
+    validate_id("entity id", entity_id)
+    encode(payload, Any, f"alarm {name!r} payload")
+    when = fire_time(delay)
+    get_store().set_alarm(
+        AlarmChange(registry.type_name(entity_type), entity_id, name, when, payload)
+    )
+    return when
+
+
+def cancel_alarm(entity_type: str | type[Entity], entity_id: str, name: str) -> None:
+    """Cancels alarm ``name`` of an entity (nothing happens if there is none)."""
+    _check_alarm_name(name)
+    get_store().set_alarm(AlarmChange(registry.type_name(entity_type), entity_id, name, None))
+
+
+def cancel_all_alarms(entity_type: str | type[Entity], entity_id: str) -> None:
+    """Cancels every alarm of an entity."""
+    get_store().cancel_all_alarms(registry.type_name(entity_type), entity_id)
+
+
+def list_alarms(entity_type: str | type[Entity], entity_id: str) -> list[tuple[str, dt.datetime]]:
+    """The entity's alarms as (name, fire time), ordered by fire time."""
+    alarms = get_store().list_alarms(registry.type_name(entity_type), entity_id)
+    return [(a.name, a.fire_at) for a in alarms]
+
+
+class HandlerCall:
+    """One handler of an entity ref: call it to send and wait, ``.delay`` for the AsyncResult."""
+
+    def __init__(self, ref: EntityRef, op: str) -> None:
+        self._ref = ref
+        self._op = op
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        """Sends the call and returns its Celery AsyncResult."""
+        msg = {"op": self._op, "args": list(args), "kwargs": kwargs}
+        return send(self._ref.entity_class, self._ref.entity_id, msg)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Sends the call and waits for the reply (a commit receipt)."""
+        return self.delay(*args, **kwargs).get(timeout=self._ref.timeout)
+
+
+class EntityRef:
+    """A client for one entity: ``Counter.ref("a").increment(5)``."""
+
+    def __init__(
+        self, entity_class: type[Entity], entity_id: str, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        validate_id("entity id", entity_id)
+        self.entity_class = entity_class
+        self.entity_id = entity_id
+        self.timeout = timeout
+
+    def __getattr__(self, op: str) -> HandlerCall:
+        if op.startswith("_"):
+            raise AttributeError(op)
+        if op not in self.entity_class.__entity_handlers__:
+            raise UnknownHandler(
+                f"entity type {self.entity_class.__entity_name__!r} has no handler {op!r}"
+            )
+        return HandlerCall(self, op)
+
+    def read(self) -> Snapshot | None:
+        """The entity's last committed snapshot."""
+        return read(self.entity_class, self.entity_id)
+
+    def __repr__(self) -> str:
+        return f"<EntityRef {self.entity_class.__entity_name__} {self.entity_id!r}>"

@@ -1,0 +1,180 @@
+"""The JSON codec for entity state: exact round trips, never pickle.
+
+Supported values: None, bool, int, float (finite), str, datetime, date,
+Decimal, UUID, and lists, tuples, dicts with str keys and dataclasses of them.
+JSON-native values are stored as themselves; the others are stored as one-key
+objects tagged with ``$``: ``{"$datetime": "2026-11-21T13:00:00+00:00"}``,
+``{"$date": ...}``, ``{"$decimal": "1.10"}``, ``{"$uuid": ...}``. A user dict
+with a key starting with ``$`` is wrapped as ``{"$map": {...}}`` so it can
+never be mistaken for a tag. Dataclasses are stored as plain objects and
+rebuilt from the field's type annotation, so nothing stored names a module.
+
+Anything else is refused with a :class:`~entities.errors.StateError` that
+names the field path and the value's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import types
+import typing
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from entities.errors import StateError
+
+JSON = Any  # a value made only of None, bool, int, float, str, list and dict
+
+_TAGS = ("$datetime", "$date", "$decimal", "$uuid", "$map")
+
+
+def _dataclass_types(tp: Any) -> list[type]:
+    """The dataclass types an annotation admits (through Optional and unions)."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return [tp]
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        found: list[type] = []
+        for arg in typing.get_args(tp):
+            found.extend(_dataclass_types(arg))
+        return found
+    return []
+
+
+def _item_type(tp: Any, index: int = 0) -> Any:
+    """The element annotation of ``list[T]``/``dict[str, T]``/``tuple[T, ...]``, or Any."""
+    args = typing.get_args(_strip_optional(tp))
+    if not args:
+        return Any
+    if len(args) > index and args[index] is not Ellipsis:
+        return args[index]
+    return args[0]
+
+
+def _strip_optional(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return tp
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable forward references: fall back to no annotation
+        return {f.name: Any for f in dataclasses.fields(cls)}
+
+
+def encode(value: Any, tp: Any = Any, path: str = "state") -> JSON:
+    """Encodes ``value`` (annotated ``tp``) into JSON-native data; raises StateError."""
+    kind = type(value)
+    if value is None or kind is bool or kind is int or kind is str:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise StateError(f"{path}: {value!r} is not a finite float and cannot be stored")
+        return value
+    if kind is dt.datetime:
+        return {"$datetime": value.isoformat()}
+    if kind is dt.date:
+        return {"$date": value.isoformat()}
+    if kind is Decimal:
+        if not value.is_finite():
+            raise StateError(f"{path}: Decimal {value} is not finite and cannot be stored")
+        return {"$decimal": str(value)}
+    if kind is uuid.UUID:
+        return {"$uuid": str(value)}
+    if kind is list or kind is tuple:
+        item = _item_type(tp)
+        return [encode(v, _tuple_item(tp, i, item), f"{path}[{i}]") for i, v in enumerate(value)]
+    if kind is dict:
+        item = _item_type(tp, 1)
+        out: dict[str, JSON] = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise StateError(
+                    f"{path}: dict key {k!r} is a {type(k).__name__}; only str keys can be stored"
+                )
+            out[k] = encode(v, item, f"{path}[{k!r}]")
+        if any(k.startswith("$") for k in out):
+            return {"$map": out}
+        return out
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if not any(issubclass(kind, c) for c in _dataclass_types(tp)):
+            raise StateError(
+                f"{path}: dataclass {kind.__name__} is stored only where the field's type "
+                f"annotation names it (e.g. `{path.rsplit('.', 1)[-1]}: {kind.__name__}`)"
+            )
+        hints = _hints(kind)
+        return {
+            f.name: encode(getattr(value, f.name), hints.get(f.name, Any), f"{path}.{f.name}")
+            for f in dataclasses.fields(value)
+        }
+    raise StateError(
+        f"{path}: values of type {kind.__name__} cannot be stored; supported are None, bool, "
+        "int, float, str, datetime, date, Decimal, UUID, and lists, dicts and dataclasses of them"
+    )
+
+
+def _tuple_item(tp: Any, index: int, default: Any) -> Any:
+    base = _strip_optional(tp)
+    if typing.get_origin(base) is tuple:
+        args = typing.get_args(base)
+        if args and not (len(args) == 2 and args[1] is Ellipsis) and index < len(args):
+            return args[index]
+    return default
+
+
+def decode(data: JSON, tp: Any = Any, path: str = "state") -> Any:
+    """Rebuilds a value encoded by :func:`encode`, guided by its annotation ``tp``."""
+    if data is None or isinstance(data, (bool, int, float, str)):
+        return data
+    if isinstance(data, list):
+        item = _item_type(tp)
+        items = [decode(v, _tuple_item(tp, i, item), f"{path}[{i}]") for i, v in enumerate(data)]
+        return tuple(items) if typing.get_origin(_strip_optional(tp)) is tuple else items
+    if isinstance(data, dict):
+        if len(data) == 1:
+            (tag, raw), = data.items()
+            if tag in _TAGS:
+                return _decode_tag(tag, raw, tp, path)
+        classes = _dataclass_types(tp)
+        if classes:
+            return _decode_dataclass(classes, data, path)
+        item = _item_type(tp, 1)
+        return {k: decode(v, item, f"{path}[{k!r}]") for k, v in data.items()}
+    raise StateError(f"{path}: stored value of type {type(data).__name__} is not JSON")
+
+
+def _decode_tag(tag: str, raw: Any, tp: Any, path: str) -> Any:
+    try:
+        if tag == "$datetime":
+            return dt.datetime.fromisoformat(raw)
+        if tag == "$date":
+            return dt.date.fromisoformat(raw)
+        if tag == "$decimal":
+            return Decimal(raw)
+        if tag == "$uuid":
+            return uuid.UUID(raw)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"{path}: stored {tag} value {raw!r} is malformed: {exc}") from None
+    item = _item_type(tp, 1)
+    return {k: decode(v, item, f"{path}[{k!r}]") for k, v in raw.items()}
+
+
+def _decode_dataclass(classes: list[type], data: dict[str, Any], path: str) -> Any:
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(data) <= names:
+            hints = _hints(cls)
+            values = {k: decode(v, hints.get(k, Any), f"{path}.{k}") for k, v in data.items()}
+            return cls(**values)
+    raise StateError(
+        f"{path}: stored object with keys {sorted(data)} matches none of "
+        f"{[c.__name__ for c in classes]}"
+    )

@@ -1,0 +1,92 @@
+"""The one error tree of the project.
+
+Every error a caller can see derives from :class:`EntityError`::
+
+    EntityError
+    ├── ConfigurationError        settings are missing, malformed or disagree with the store
+    │   └── SchemaError           the database schema is missing or older: run `entities migrate`
+    ├── DefinitionError           an entity class is declared wrongly (raised at class creation)
+    ├── StateError                state cannot be encoded (unsupported type, too large, not JSON)
+    ├── MessageError              a message was refused before any handler ran
+    │   ├── UnknownEntityType     no entity class has that type name
+    │   ├── UnknownHandler        the entity has no handler of that name
+    │   └── BadMessage            malformed message, bad arguments or a hostile id
+    ├── UpgradeError              a stored snapshot could not be brought to the class's vsn
+    └── StoreError                the state store failed (infrastructure; retried by workers)
+        └── FenceError            a version or epoch fence rejected a commit
+
+Errors cross the broker as Celery failure results, so each class takes exactly
+one positional argument, its message, and is rebuilt from it on the client.
+Driver exceptions (SQLAlchemy, psycopg, redis) never reach callers: the store
+translates them into :class:`StoreError` at its one boundary.
+"""
+
+from __future__ import annotations
+
+
+class EntityError(Exception):
+    """The base of every error this project raises on purpose."""
+
+
+class ConfigurationError(EntityError):
+    """Settings are missing, malformed, or disagree with what the store recorded."""
+
+
+class SchemaError(ConfigurationError):
+    """The database schema is missing or older than this code: run `entities migrate`."""
+
+
+class DefinitionError(EntityError):
+    """An entity class is declared wrongly; raised when the class is created."""
+
+
+class StateError(EntityError):
+    """Entity state cannot be encoded: an unsupported type, a non-JSON value, or too large."""
+
+
+class MessageError(EntityError):
+    """A message was refused before any handler ran; state is unchanged."""
+
+
+class UnknownEntityType(MessageError):
+    """No entity class is registered under that type name."""
+
+
+class UnknownHandler(MessageError):
+    """The entity class has no handler with that name."""
+
+
+class BadMessage(MessageError):
+    """The message is malformed, its arguments do not fit the handler, or an id is invalid."""
+
+
+class UpgradeError(EntityError):
+    """A stored snapshot's vsn could not be brought to the class's vsn."""
+
+
+class StoreError(EntityError):
+    """The state store failed; workers keep the message and retry with backoff."""
+
+
+class FenceError(StoreError):
+    """A commit was rejected by a version fence (stale entity) or an epoch fence (stale owner)."""
+
+    def __init__(self, message: str, *, stale_epoch: bool = False) -> None:
+        super().__init__(message)
+        self.stale_epoch = stale_epoch
+
+
+__all__ = [
+    "BadMessage",
+    "ConfigurationError",
+    "DefinitionError",
+    "EntityError",
+    "FenceError",
+    "MessageError",
+    "SchemaError",
+    "StateError",
+    "StoreError",
+    "UnknownEntityType",
+    "UnknownHandler",
+    "UpgradeError",
+]

@@ -1,0 +1,158 @@
+"""Entity messages: their shape, their bounds, and how they travel in Celery envelopes.
+
+A message is ``{"op": <handler>, "args": [...], "kwargs": {...}}``; ``args``
+and ``kwargs`` are optional. It travels as the arguments of the Celery task
+``entities.send_to_entity(entity_type, entity_id, msg, durability=None)`` in a
+Celery protocol 2 message, JSON only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from typing import Any
+
+from entities.errors import BadMessage
+from entities.model import DURABILITIES
+from entities.routing import TASK_NAME
+
+#: Longest entity id or type name accepted.
+MAX_ID_LENGTH = 255
+
+#: Ops of the runtime itself; handler names cannot start with "_".
+OP_DELETE = "__delete__"
+OP_ALARM = "__alarm__"
+RUNTIME_OPS = frozenset({OP_DELETE, OP_ALARM})
+
+
+def validate_id(what: str, value: Any, max_length: int = MAX_ID_LENGTH) -> str:
+    """Checks an entity type name or id: a non-empty str, bounded, without NUL."""
+    if not isinstance(value, str):
+        raise BadMessage(f"{what} must be a str, got {type(value).__name__}")
+    if not value:
+        raise BadMessage(f"{what} must not be empty")
+    if len(value) > max_length:
+        raise BadMessage(f"{what} is {len(value)} characters long; the limit is {max_length}")
+    if "\x00" in value:
+        raise BadMessage(f"{what} must not contain NUL characters")
+    return value
+
+
+def validate_message(entity_type: Any, entity_id: Any, msg: Any) -> tuple[str, list[Any], dict[str, Any]]:
+    """Checks a message's shape; returns (op, args, kwargs) or raises BadMessage."""
+    validate_id("entity type", entity_type)
+    validate_id("entity id", entity_id)
+    if not isinstance(msg, dict):
+        raise BadMessage(f"a message must be a dict with an 'op', got {type(msg).__name__}")
+    unknown = set(msg) - {"op", "args", "kwargs"}
+    if unknown:
+        raise BadMessage(f"a message has only 'op', 'args' and 'kwargs'; got also {sorted(unknown)}")
+    op = msg.get("op")
+    if not isinstance(op, str) or not op:
+        raise BadMessage(f"a message needs 'op', the handler name as a str; got {op!r}")
+    if op.startswith("_") and op not in RUNTIME_OPS:
+        raise BadMessage(f"op {op!r} is not a handler name (handler names do not start with _)")
+    args = msg.get("args", [])
+    kwargs = msg.get("kwargs", {})
+    if not isinstance(args, list):
+        raise BadMessage(f"'args' must be a list, got {type(args).__name__}")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise BadMessage("'kwargs' must be a dict with str keys")
+    return op, args, kwargs
+
+
+@dataclasses.dataclass
+class Envelope:
+    """One message read from a partition queue.
+
+    ``raw`` is the exact bytes read from the broker. When the envelope could not
+    be understood, ``error`` says why and the message is dead-lettered; an
+    envelope whose entity message is malformed keeps its task id and gets a
+    BadMessage reply instead (``bad``).
+    """
+
+    raw: bytes
+    task_id: str = ""
+    entity_type: str = ""
+    entity_id: str = ""
+    op: str = ""
+    args: list[Any] = dataclasses.field(default_factory=list)
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    durability: str | None = None
+    headers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+    bad: BadMessage | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The (type, id) of the addressed entity."""
+        return (self.entity_type, self.entity_id)
+
+
+def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
+    """Parses a kombu Redis envelope holding a protocol 2 send_to_entity call.
+
+    Never raises: whatever is wrong is recorded on the returned Envelope.
+    """
+    env = Envelope(raw=raw)
+    if len(raw) > max_bytes * 2:  # base64 and the envelope inflate the body
+        env.error = f"message of {len(raw)} bytes exceeds the limit of {max_bytes} bytes"
+        return env
+    try:
+        outer = json.loads(raw)
+        headers = outer["headers"]
+        props = outer.get("properties") or {}
+        ctype = outer.get("content-type")
+        body = outer["body"]
+    except (ValueError, KeyError, TypeError):
+        env.error = "not a Celery message (the envelope is not JSON with headers and body)"
+        return env
+    if not isinstance(headers, dict):
+        env.error = "not a Celery message (headers are not an object)"
+        return env
+    env.headers = headers
+    task_id = headers.get("id")
+    if headers.get("task") != TASK_NAME or not isinstance(task_id, str) or not task_id:
+        env.error = (
+            f"not a {TASK_NAME} message of Celery protocol 2 (task={headers.get('task')!r}, "
+            f"id={task_id!r})"
+        )
+        return env
+    env.task_id = task_id
+    if ctype != "application/json":
+        env.error = f"content type {ctype!r} refused: only application/json is accepted"
+        return env
+    try:
+        if props.get("body_encoding") == "base64":
+            body = base64.b64decode(body, validate=True)
+        args, kwargs, _embed = json.loads(body)
+    except (ValueError, TypeError, binascii.Error):
+        env.error = "body is not a JSON [args, kwargs, embed] triple"
+        return env
+    if len(body) > max_bytes:
+        env.error = f"message body of {len(body)} bytes exceeds the limit of {max_bytes} bytes"
+        return env
+    try:
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise BadMessage("send_to_entity takes (entity_type, entity_id, msg, durability=None)")
+        call = dict(zip(("entity_type", "entity_id", "msg", "durability"), args, strict=False))
+        overlap = set(call) & set(kwargs)
+        if overlap or set(kwargs) - {"entity_type", "entity_id", "msg", "durability"}:
+            raise BadMessage(f"send_to_entity got unexpected arguments {sorted(kwargs)}")
+        call.update(kwargs)
+        if len(args) > 4 or not {"entity_type", "entity_id", "msg"} <= set(call):
+            raise BadMessage("send_to_entity takes (entity_type, entity_id, msg, durability=None)")
+        env.entity_type = call["entity_type"] if isinstance(call["entity_type"], str) else ""
+        env.entity_id = call["entity_id"] if isinstance(call["entity_id"], str) else ""
+        env.op, env.args, env.kwargs = validate_message(
+            call["entity_type"], call["entity_id"], call["msg"]
+        )
+        durability = call.get("durability")
+        if durability is not None and durability not in DURABILITIES:
+            raise BadMessage(f"durability must be one of {DURABILITIES} or None, got {durability!r}")
+        env.durability = durability
+    except BadMessage as exc:
+        env.bad = exc
+    return env

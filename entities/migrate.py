@@ -1,0 +1,30 @@
+"""Schema migrations: run Alembic's upgrade to head from code (`entities migrate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+import migrations
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic config for the bundled migrations and ``database_url``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Creates or upgrades the schema in ``database_url`` to ``revision``."""
+    if database_url.startswith("sqlite:///"):
+        Path(database_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Downgrades the schema in ``database_url`` to ``revision`` (``base`` drops it all)."""
+    command.downgrade(alembic_config(database_url), revision)

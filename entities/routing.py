@@ -1,0 +1,40 @@
+"""Routing: which partition queue serves an entity, by a stable hash of (type, id).
+
+The hash is BLAKE2b of the type and id, so every process, host and Python
+version agrees; Python's ``hash()`` is never used. Every Redis key of one
+partition carries the hash tag ``{pN}`` so a partition's keys share one Redis
+Cluster slot and its scripts stay single-slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+#: The Celery task name of send_to_entity; other-language clients send by it.
+TASK_NAME = "entities.send_to_entity"
+
+#: The prefix of every Redis key this project owns besides the partition queues.
+KEY_PREFIX = "entities"
+
+
+def partition_for(entity_type: str, entity_id: str, partitions: int) -> int:
+    """The partition (0..partitions-1) that serves ``(entity_type, entity_id)``."""
+    digest = hashlib.blake2b(
+        entity_type.encode() + b"\x00" + entity_id.encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
+def queue_name(partition: int) -> str:
+    """The Celery queue (a Redis list) of ``partition``."""
+    return f"{KEY_PREFIX}.{{p{partition}}}"
+
+
+def inflight_key(partition: int) -> str:
+    """The Redis list holding the partition's fetched but not yet acknowledged messages."""
+    return f"{queue_name(partition)}.inflight"
+
+
+def lease_key(partition: int) -> str:
+    """The Redis key whose value is the token of the partition's current owner."""
+    return f"{queue_name(partition)}.lease"

@@ -1,0 +1,204 @@
+"""The state-store interface: what every backend guarantees.
+
+One interface, two implementations on SQLAlchemy 2 (Postgres through psycopg 3
+for production, SQLite for the test kit), both passing one contract suite
+(tests/test_store_contract.py). Every method translates driver errors into
+:class:`~entities.errors.StoreError`; callers never see a driver exception.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+Key = tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The last committed state of one entity."""
+
+    entity_type: str
+    entity_id: str
+    version: int
+    vsn: int
+    state: dict[str, Any]
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Write:
+    """A fenced change of one entity: applied only if its stored version is ``expected_version``.
+
+    ``expected_version`` 0 means "absent": the row is inserted only if none exists.
+    ``state`` None deletes the row (and the entity's alarms). The new version is
+    ``expected_version + 1``.
+    """
+
+    entity_type: str
+    entity_id: str
+    expected_version: int
+    vsn: int
+    state: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Processed:
+    """A message applied by a commit, with the reply its callers get."""
+
+    message_id: str
+    entity_type: str
+    entity_id: str
+    partition: int
+    ok: bool
+    reply: Any  # the handler's return value, or {"exc_type", "exc_module", "exc_message"}
+
+
+@dataclasses.dataclass(frozen=True)
+class AlarmChange:
+    """Schedules (``fire_at`` set) or cancels (``fire_at`` None) one named alarm."""
+
+    entity_type: str
+    entity_id: str
+    name: str
+    fire_at: dt.datetime | None
+    payload: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxMessage:
+    """A message to an entity, written by a commit and published after it."""
+
+    message_id: str
+    partition: int  # the sending partition, whose owner publishes it
+    entity_type: str
+    entity_id: str
+    msg: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """A message that could not be understood, kept with the reason."""
+
+    queue: str
+    reason: str
+    raw: str
+    id: int = 0
+    created_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Alarm:
+    """A scheduled alarm as stored."""
+
+    entity_type: str
+    entity_id: str
+    name: str
+    fire_at: dt.datetime
+    payload: Any
+    scheduling_id: str
+
+
+@dataclasses.dataclass
+class CommitBatch:
+    """Everything one commit writes, atomically, fenced by the partition's epoch."""
+
+    partition: int
+    epoch: int | None  # None: no owner fence (client-side writes, tests)
+    writes: list[Write] = dataclasses.field(default_factory=list)
+    processed: list[Processed] = dataclasses.field(default_factory=list)
+    alarms: list[AlarmChange] = dataclasses.field(default_factory=list)
+    outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
+    dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.writes or self.processed or self.alarms or self.outbox or self.dead_letters
+        )
+
+
+class Store(abc.ABC):
+    """A transactional store of snapshots, processed messages, alarms and partition epochs."""
+
+    @abc.abstractmethod
+    def check_schema(self) -> None:
+        """Raises SchemaError unless the schema is at the revision this code expects."""
+
+    @abc.abstractmethod
+    def ensure_partitions(self, partitions: int) -> None:
+        """Records the deployment's partition count on first use.
+
+        Raises ConfigurationError if another count was recorded: the count is
+        fixed for a deployment, since it decides where every entity lives.
+        """
+
+    @abc.abstractmethod
+    def claim_partition(self, partition: int, owner: str) -> int:
+        """Increments and returns the partition's epoch, recording ``owner``.
+
+        After this commits, no commit fenced with an older epoch succeeds.
+        """
+
+    @abc.abstractmethod
+    def partition_owners(self) -> dict[int, tuple[int, str | None]]:
+        """The recorded (epoch, owner) of every partition."""
+
+    @abc.abstractmethod
+    def load(self, entity_type: str, entity_id: str) -> Snapshot | None:
+        """The last committed snapshot, or None if the entity has none."""
+
+    @abc.abstractmethod
+    def load_many(self, keys: Iterable[Key]) -> dict[Key, Snapshot]:
+        """The committed snapshots of ``keys`` that exist, in one round trip."""
+
+    @abc.abstractmethod
+    def processed(self, message_ids: Sequence[str]) -> dict[str, Processed]:
+        """The records of those ``message_ids`` already applied (within the retention)."""
+
+    @abc.abstractmethod
+    def commit(self, batch: CommitBatch) -> None:
+        """Applies ``batch`` atomically, or nothing of it.
+
+        Raises FenceError (and writes nothing) if any write's expected version
+        is stale, a message id was already recorded, or ``batch.epoch`` is not
+        the partition's current epoch (``stale_epoch=True``).
+        """
+
+    @abc.abstractmethod
+    def list_ids(self, entity_type: str, limit: int = 100, after: str | None = None) -> list[str]:
+        """Stored ids of ``entity_type`` in ascending order, after ``after``."""
+
+    @abc.abstractmethod
+    def purge_processed(self, older_than: dt.datetime) -> int:
+        """Deletes processed-message records older than ``older_than``; returns how many."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    @abc.abstractmethod
+    def set_alarm(self, change: AlarmChange) -> None:
+        """Schedules, replaces or cancels one alarm outside any handler."""
+
+    @abc.abstractmethod
+    def cancel_all_alarms(self, entity_type: str, entity_id: str) -> int:
+        """Cancels every alarm of one entity; returns how many there were."""
+
+    @abc.abstractmethod
+    def list_alarms(self, entity_type: str, entity_id: str) -> list[Alarm]:
+        """The entity's alarms, ordered by fire time."""
+
+    @abc.abstractmethod
+    def pending_outbox(self, partition: int, limit: int = 500) -> list[OutboxMessage]:
+        """Outbox messages of ``partition`` committed but not yet published, oldest first."""
+
+    @abc.abstractmethod
+    def forget_outbox(self, message_ids: Sequence[str]) -> None:
+        """Removes published outbox messages."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Releases connections."""

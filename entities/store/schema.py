@@ -1,0 +1,99 @@
+"""The tables, as SQLAlchemy Core objects for queries; Alembic migrations create them.
+
+Every table that grows with traffic carries the partition number (or the entity
+key it derives from), so Postgres can hash-partition it by partition later.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+#: The Alembic revision this code expects; `entities migrate` brings a database to it.
+HEAD_REVISION = "0001_core"
+
+metadata = sa.MetaData()
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+TS = sa.DateTime(timezone=True)
+
+snapshots = sa.Table(
+    "entity_snapshots",
+    metadata,
+    sa.Column("entity_type", sa.String(255), primary_key=True),
+    sa.Column("entity_id", sa.String(255), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("vsn", sa.Integer, nullable=False),
+    sa.Column("state", JSONType, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+processed = sa.Table(
+    "entity_processed",
+    metadata,
+    sa.Column("message_id", sa.String(255), primary_key=True),
+    sa.Column("entity_type", sa.String(255), nullable=False),
+    sa.Column("entity_id", sa.String(255), nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("reply", JSONType, nullable=True),
+    sa.Column("processed_at", TS, nullable=False),
+)
+
+partitions = sa.Table(
+    "entity_partitions",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("claimed_at", TS, nullable=True),
+)
+
+settings_table = sa.Table(
+    "entity_settings",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+alarms = sa.Table(
+    "entity_alarms",
+    metadata,
+    sa.Column("entity_type", sa.String(255), primary_key=True),
+    sa.Column("entity_id", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("fire_at", TS, nullable=False),
+    sa.Column("payload", JSONType, nullable=True),
+    sa.Column("scheduling_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("dispatched_at", TS, nullable=True),
+)
+
+outbox = sa.Table(
+    "entity_outbox",
+    metadata,
+    sa.Column("message_id", sa.String(255), primary_key=True),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("entity_type", sa.String(255), nullable=False),
+    sa.Column("entity_id", sa.String(255), nullable=False),
+    sa.Column("msg", JSONType, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+dead_letters = sa.Table(
+    "entity_dead_letters",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("queue", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+sa.Index("ix_entity_processed_at", processed.c.processed_at)
+sa.Index("ix_entity_alarms_due", alarms.c.status, alarms.c.fire_at)
+sa.Index("ix_entity_outbox_partition", outbox.c.partition, outbox.c.seq)

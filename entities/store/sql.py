@@ -1,0 +1,411 @@
+"""The SQL state store on SQLAlchemy 2: Postgres (psycopg 3) and SQLite.
+
+Version fences are enforced by the database: an update names the expected
+version in its WHERE clause and a new entity is inserted only if absent, so a
+stale writer changes nothing. The partition epoch is read ``FOR SHARE`` in the
+same transaction, so a claim by a new owner waits for, or invalidates, every
+commit of the old one. Driver errors become StoreError here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from entities.errors import ConfigurationError, FenceError, SchemaError, StoreError
+from entities.store import schema as t
+from entities.store.base import (
+    Alarm,
+    AlarmChange,
+    CommitBatch,
+    DeadLetter,
+    Key,
+    OutboxMessage,
+    Processed,
+    Snapshot,
+    Store,
+)
+
+T = TypeVar("T")
+
+
+def utcnow() -> dt.datetime:
+    """The current time, aware, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def make_engine(url: str, pool_size: int = 8) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return sa.create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+    )
+
+
+class SQLStore(Store):
+    """The Store on a SQLAlchemy engine (Postgres or SQLite)."""
+
+    def __init__(self, url_or_engine: str | Engine, pool_size: int = 8) -> None:
+        self.engine = (
+            make_engine(url_or_engine, pool_size)
+            if isinstance(url_or_engine, str)
+            else url_or_engine
+        )
+        self.dialect = self.engine.dialect.name
+        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+
+    # -- the one boundary where driver errors are translated --------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (FenceError, ConfigurationError):
+            raise
+        except IntegrityError as exc:
+            raise FenceError(f"a concurrent writer got there first: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"state store error: {exc}") from exc
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            with self.engine.connect() as conn:
+                return fn(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"state store error: {exc}") from exc
+
+    # -- schema and partitions ------------------------------------------------
+
+    def check_schema(self) -> None:
+        def revision(conn: Connection) -> str | None:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+        found = self._read(revision)
+        if found != t.HEAD_REVISION:
+            where = self.engine.url.render_as_string(hide_password=True)
+            state = "has no entity schema" if found is None else f"is at revision {found}"
+            raise SchemaError(
+                f"the database {where} {state}; this code needs {t.HEAD_REVISION}. "
+                "Run `entities migrate` (or `alembic upgrade head`) first."
+            )
+
+    def ensure_partitions(self, partitions: int) -> None:
+        with self._tx() as conn:
+            recorded = conn.execute(
+                sa.select(t.settings_table.c.value).where(t.settings_table.c.key == "partitions")
+            ).scalar()
+            if recorded is None:
+                conn.execute(
+                    self._insert(t.settings_table)
+                    .values(key="partitions", value=str(partitions))
+                    .on_conflict_do_nothing()
+                )
+                recorded = conn.execute(
+                    sa.select(t.settings_table.c.value).where(
+                        t.settings_table.c.key == "partitions"
+                    )
+                ).scalar()
+            if recorded is not None and int(recorded) != partitions:
+                raise ConfigurationError(
+                    f"ENTITIES_PARTITIONS is {partitions} but this deployment was created with "
+                    f"{recorded} partitions; the count is fixed because it decides where every "
+                    f"entity lives. Set ENTITIES_PARTITIONS={recorded}."
+                )
+            conn.execute(
+                self._insert(t.partitions)
+                .values([{"partition": p, "epoch": 0} for p in range(partitions)])
+                .on_conflict_do_nothing()
+            )
+
+    def claim_partition(self, partition: int, owner: str) -> int:
+        with self._tx() as conn:
+            epoch = conn.execute(
+                sa.update(t.partitions)
+                .where(t.partitions.c.partition == partition)
+                .values(epoch=t.partitions.c.epoch + 1, owner=owner, claimed_at=utcnow())
+                .returning(t.partitions.c.epoch)
+            ).scalar()
+        if epoch is None:
+            raise ConfigurationError(f"partition {partition} is not recorded; run a worker setup")
+        return int(epoch)
+
+    def partition_owners(self) -> dict[int, tuple[int, str | None]]:
+        rows = self._read(
+            lambda c: c.execute(
+                sa.select(t.partitions.c.partition, t.partitions.c.epoch, t.partitions.c.owner)
+            ).all()
+        )
+        return {r.partition: (r.epoch, r.owner) for r in rows}
+
+    # -- snapshots ------------------------------------------------------------
+
+    @staticmethod
+    def _snapshot(row: Any) -> Snapshot:
+        return Snapshot(
+            row.entity_type, row.entity_id, row.version, row.vsn, row.state,
+            _aware(row.updated_at),
+        )
+
+    def load(self, entity_type: str, entity_id: str) -> Snapshot | None:
+        return self.load_many([(entity_type, entity_id)]).get((entity_type, entity_id))
+
+    def load_many(self, keys: Iterable[Key]) -> dict[Key, Snapshot]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        cond = sa.tuple_(t.snapshots.c.entity_type, t.snapshots.c.entity_id).in_(wanted)
+        rows = self._read(lambda c: c.execute(sa.select(t.snapshots).where(cond)).all())
+        return {(r.entity_type, r.entity_id): self._snapshot(r) for r in rows}
+
+    def list_ids(self, entity_type: str, limit: int = 100, after: str | None = None) -> list[str]:
+        query = (
+            sa.select(t.snapshots.c.entity_id)
+            .where(t.snapshots.c.entity_type == entity_type)
+            .order_by(t.snapshots.c.entity_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(t.snapshots.c.entity_id > after)
+        return list(self._read(lambda c: c.execute(query).scalars().all()))
+
+    # -- processed messages ---------------------------------------------------
+
+    def processed(self, message_ids: Sequence[str]) -> dict[str, Processed]:
+        if not message_ids:
+            return {}
+        query = sa.select(t.processed).where(t.processed.c.message_id.in_(list(message_ids)))
+        rows = self._read(lambda c: c.execute(query).all())
+        return {
+            r.message_id: Processed(
+                r.message_id, r.entity_type, r.entity_id, r.partition, r.ok, r.reply
+            )
+            for r in rows
+        }
+
+    def purge_processed(self, older_than: dt.datetime) -> int:
+        with self._tx() as conn:
+            result = conn.execute(
+                sa.delete(t.processed).where(t.processed.c.processed_at < older_than)
+            )
+        return int(result.rowcount or 0)
+
+    # -- the fenced commit ----------------------------------------------------
+
+    def commit(self, batch: CommitBatch) -> None:
+        if not batch:
+            return
+        now = utcnow()
+        with self._tx() as conn:
+            if batch.epoch is not None:
+                self._check_epoch(conn, batch.partition, batch.epoch)
+            for w in batch.writes:
+                self._write(conn, w.entity_type, w.entity_id, w.expected_version, w.vsn,
+                            w.state, now)
+            if batch.processed:
+                conn.execute(
+                    sa.insert(t.processed),
+                    [
+                        {
+                            "message_id": p.message_id, "entity_type": p.entity_type,
+                            "entity_id": p.entity_id, "partition": p.partition, "ok": p.ok,
+                            "reply": p.reply, "processed_at": now,
+                        }
+                        for p in batch.processed
+                    ],
+                )
+            for change in batch.alarms:
+                self._set_alarm(conn, change)
+            if batch.outbox:
+                seq = int(now.timestamp() * 1_000_000)
+                conn.execute(
+                    sa.insert(t.outbox),
+                    [
+                        {
+                            "message_id": m.message_id, "partition": m.partition,
+                            "seq": seq + i, "entity_type": m.entity_type,
+                            "entity_id": m.entity_id, "msg": m.msg, "created_at": now,
+                        }
+                        for i, m in enumerate(batch.outbox)
+                    ],
+                )
+            if batch.dead_letters:
+                conn.execute(
+                    sa.insert(t.dead_letters),
+                    [
+                        {"queue": d.queue, "reason": d.reason, "raw": d.raw, "created_at": now}
+                        for d in batch.dead_letters
+                    ],
+                )
+
+    def _check_epoch(self, conn: Connection, partition: int, epoch: int) -> None:
+        current = conn.execute(
+            sa.select(t.partitions.c.epoch)
+            .where(t.partitions.c.partition == partition)
+            .with_for_update(read=True)
+        ).scalar()
+        if current != epoch:
+            raise FenceError(
+                f"partition {partition} is now at epoch {current}; this owner holds epoch "
+                f"{epoch} and may no longer commit",
+                stale_epoch=True,
+            )
+
+    def _write(
+        self, conn: Connection, etype: str, eid: str, expected: int, vsn: int,
+        state: dict[str, Any] | None, now: dt.datetime,
+    ) -> None:
+        s = t.snapshots.c
+        key = (s.entity_type == etype) & (s.entity_id == eid)
+        if state is None:
+            if expected:
+                row = conn.execute(
+                    sa.delete(t.snapshots).where(key & (s.version == expected)).returning(s.version)
+                ).first()
+                if row is None:
+                    raise FenceError(f"{etype} {eid!r}: delete of version {expected} is stale")
+            conn.execute(
+                sa.delete(t.alarms).where(
+                    (t.alarms.c.entity_type == etype) & (t.alarms.c.entity_id == eid)
+                )
+            )
+            return
+        values = {"version": expected + 1, "vsn": vsn, "state": state, "updated_at": now}
+        # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT.
+        if expected == 0:
+            row = conn.execute(
+                self._insert(t.snapshots)
+                .values(entity_type=etype, entity_id=eid, **values)
+                .on_conflict_do_nothing()
+                .returning(s.version)
+            ).first()
+        else:
+            row = conn.execute(
+                sa.update(t.snapshots)
+                .where(key & (s.version == expected))
+                .values(**values)
+                .returning(s.version)
+            ).first()
+        if row is None:
+            raise FenceError(
+                f"{etype} {eid!r}: stored version is no longer {expected}; a concurrent writer "
+                "changed it"
+            )
+
+    # -- alarms ---------------------------------------------------------------
+
+    def _set_alarm(self, conn: Connection, change: AlarmChange) -> None:
+        a = t.alarms.c
+        key = (
+            (a.entity_type == change.entity_type)
+            & (a.entity_id == change.entity_id)
+            & (a.name == change.name)
+        )
+        if change.fire_at is None:
+            conn.execute(sa.delete(t.alarms).where(key))
+            return
+        values = {
+            "fire_at": change.fire_at, "payload": change.payload,
+            "scheduling_id": uuid.uuid4().hex, "status": "scheduled", "attempts": 0,
+            "last_error": None, "dispatched_at": None,
+        }
+        conn.execute(
+            self._insert(t.alarms)
+            .values(entity_type=change.entity_type, entity_id=change.entity_id,
+                    name=change.name, **values)
+            .on_conflict_do_update(index_elements=["entity_type", "entity_id", "name"],
+                                   set_=values)
+        )
+
+    def set_alarm(self, change: AlarmChange) -> None:
+        with self._tx() as conn:
+            self._set_alarm(conn, change)
+
+    def cancel_all_alarms(self, entity_type: str, entity_id: str) -> int:
+        with self._tx() as conn:
+            result = conn.execute(
+                sa.delete(t.alarms).where(
+                    (t.alarms.c.entity_type == entity_type) & (t.alarms.c.entity_id == entity_id)
+                )
+            )
+        return int(result.rowcount or 0)
+
+    def list_alarms(self, entity_type: str, entity_id: str) -> list[Alarm]:
+        a = t.alarms.c
+        query = (
+            sa.select(t.alarms)
+            .where((a.entity_type == entity_type) & (a.entity_id == entity_id))
+            .order_by(a.fire_at, a.name)
+        )
+        rows = self._read(lambda c: c.execute(query).all())
+        return [
+            Alarm(r.entity_type, r.entity_id, r.name, _aware(r.fire_at), r.payload,
+                  r.scheduling_id)
+            for r in rows
+        ]
+
+    # -- outbox and dead letters -------------------------------------------------
+
+    def pending_outbox(self, partition: int, limit: int = 500) -> list[OutboxMessage]:
+        query = (
+            sa.select(t.outbox)
+            .where(t.outbox.c.partition == partition)
+            .order_by(t.outbox.c.seq)
+            .limit(limit)
+        )
+        rows = self._read(lambda c: c.execute(query).all())
+        return [
+            OutboxMessage(r.message_id, r.partition, r.entity_type, r.entity_id, r.msg)
+            for r in rows
+        ]
+
+    def forget_outbox(self, message_ids: Sequence[str]) -> None:
+        if message_ids:
+            with self._tx() as conn:
+                conn.execute(
+                    sa.delete(t.outbox).where(t.outbox.c.message_id.in_(list(message_ids)))
+                )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        query = sa.select(t.dead_letters).order_by(t.dead_letters.c.id.desc()).limit(limit)
+        rows = self._read(lambda c: c.execute(query).all())
+        return [
+            DeadLetter(r.queue, r.reason, r.raw, r.id, _aware(r.created_at)) for r in rows
+        ]
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,95 @@
+"""The Celery side of the client: configuration, the partition router, the client app.
+
+``entities`` never imports ``workers``: a process that only sends messages
+(``Counter.ref(id).increment()``, ``entities.delete``) uses the Celery app that
+is current (``workers.app`` once imported) or builds a client-only app from
+the same configuration.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from entities.errors import ConfigurationError
+from entities.messages import validate_id
+from entities.routing import TASK_NAME, partition_for, queue_name
+from entities.settings import Settings, get_settings
+
+_lock = threading.Lock()
+_client_app: Any = None
+
+
+def partition_queue(partition: int) -> Queue:
+    """The kombu Queue of ``partition``; publishing to it declares it, so nothing is dropped."""
+    name = queue_name(partition)
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, no_declare=False)
+
+
+def route_task(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
+) -> dict[str, Any] | None:
+    """The Celery router: sends send_to_entity calls to their entity's partition queue."""
+    if name != TASK_NAME:
+        return None
+    call = list(args or ())
+    entity_type = call[0] if call else (kwargs or {}).get("entity_type")
+    entity_id = call[1] if len(call) > 1 else (kwargs or {}).get("entity_id")
+    validate_id("entity type", entity_type)
+    validate_id("entity id", entity_id)
+    settings = get_settings()
+    return {"queue": partition_queue(partition_for(entity_type, entity_id, settings.partitions))}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings of clients and workers, derived from ``settings``."""
+    if not settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        raise ConfigurationError(
+            f"ENTITIES_BROKER_URL must be a Redis URL (redis://, rediss:// or redis+socket://); "
+            f"got {settings.broker_url!r}"
+        )
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_routes": (route_task,),
+        "result_expires": int(settings.result_expires_s),
+        "broker_connection_retry_on_startup": True,
+        "worker_prefetch_multiplier": 4,
+        "task_acks_late": True,
+        "worker_hijack_root_logger": False,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 10,
+    }
+
+
+def ensure_broker(settings: Settings) -> None:
+    """Starts the embedded redis-server if the broker is the embedded default."""
+    if settings.embedded_broker:
+        from entities.embedded import ensure_redis
+
+        ensure_redis(settings.home)
+
+
+def client_app() -> Any:
+    """The Celery app to send with: the current one if it is ours, else a client-only app."""
+    global _client_app
+    from celery import current_app
+
+    app = current_app._get_current_object()
+    if TASK_NAME in app.tasks or getattr(app, "main", None) == "entities":
+        return app
+    with _lock:
+        if _client_app is None:
+            from celery import Celery
+
+            settings = get_settings()
+            ensure_broker(settings)
+            _client_app = Celery("entities-client", set_as_current=False)
+            _client_app.conf.update(celery_config(settings))
+        return _client_app

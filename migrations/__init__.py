@@ -1,0 +1,1 @@
+"""Alembic migrations of the entity store (run with `entities migrate`)."""

@@ -1,0 +1,42 @@
+"""The Celery app of workers and clients, and the bootstep that serves partitions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+
+from entities.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+app = Celery("entities")
+app.config_from_object("celeryconfig")
+
+
+class PartitionStep(bootsteps.StartStopStep):
+    """Runs the partition service inside `celery -A workers worker` (after the pool starts)."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.service: Any = None
+
+    def start(self, worker: Any) -> None:
+        from workers.service import PartitionService
+
+        self.service = PartitionService(get_settings(), worker.app.backend)
+        worker.entities_service = self.service
+        self.service.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+    shutdown = stop
+
+
+app.steps["worker"].add(PartitionStep)

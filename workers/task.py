@@ -1,0 +1,30 @@
+"""The send_to_entity task: the one way into an entity's partition.
+
+A call through our router is published straight to its partition queue and
+served by the partition owner; the task body never runs for it. A call that
+reached Celery's default queue (a client without our router, e.g. in another
+language, sending by task name) runs the body in an ordinary worker, which
+forwards it to its partition keeping its task id, so the reply arrives as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.exceptions import Ignore
+
+from entities.messages import validate_message
+from entities.routing import TASK_NAME
+from workers.app import app
+
+
+@app.task(name=TASK_NAME, bind=True, acks_late=True)
+def send_to_entity(
+    self: Any, entity_type: str, entity_id: str, msg: dict[str, Any],
+    durability: str | None = None,
+) -> Any:
+    """Sends ``msg`` to entity (``entity_type``, ``entity_id``); the result is its reply."""
+    validate_message(entity_type, entity_id, msg)
+    args = [entity_type, entity_id, msg] + ([durability] if durability is not None else [])
+    self.app.send_task(TASK_NAME, args=args, task_id=self.request.id)
+    raise Ignore()  # the partition owner stores the reply under this same task id
