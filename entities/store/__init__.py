@@ -3,6 +3,7 @@
 from entities.store.base import (
     Alarm,
     AlarmChange,
+    AlarmOutcome,
     CommitBatch,
     DeadLetter,
     OutboxMessage,
@@ -16,6 +17,7 @@ from entities.store.sql import SQLStore, make_engine
 __all__ = [
     "Alarm",
     "AlarmChange",
+    "AlarmOutcome",
     "CommitBatch",
     "DeadLetter",
     "OutboxMessage",

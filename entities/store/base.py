@@ -92,7 +92,11 @@ class DeadLetter:
 
 @dataclasses.dataclass(frozen=True)
 class Alarm:
-    """A scheduled alarm as stored."""
+    """A scheduled alarm as stored.
+
+    ``scheduling_id`` changes with every (re)scheduling; ``attempts`` counts
+    failed firings of this scheduling; ``status`` is ``scheduled`` or ``failed``.
+    """
 
     entity_type: str
     entity_id: str
@@ -100,6 +104,27 @@ class Alarm:
     fire_at: dt.datetime
     payload: Any
     scheduling_id: str
+    attempts: int = 0
+    status: str = "scheduled"
+    last_error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AlarmOutcome:
+    """The end of one firing of an alarm scheduling, applied only if it is still current.
+
+    ``retry_at`` None and ``error`` None: the alarm fired; its row is removed.
+    ``error`` set: the firing failed; the row records the attempt and either
+    fires again at ``retry_at`` or, with ``retry_at`` None, is kept as failed.
+    """
+
+    entity_type: str
+    entity_id: str
+    name: str
+    scheduling_id: str
+    attempts: int = 0
+    error: str | None = None
+    retry_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass
@@ -110,13 +135,19 @@ class CommitBatch:
     epoch: int | None  # None: no owner fence (client-side writes, tests)
     writes: list[Write] = dataclasses.field(default_factory=list)
     processed: list[Processed] = dataclasses.field(default_factory=list)
+    alarm_outcomes: list[AlarmOutcome] = dataclasses.field(default_factory=list)
     alarms: list[AlarmChange] = dataclasses.field(default_factory=list)
     outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.writes or self.processed or self.alarms or self.outbox or self.dead_letters
+            self.writes
+            or self.processed
+            or self.alarm_outcomes
+            or self.alarms
+            or self.outbox
+            or self.dead_letters
         )
 
 
@@ -162,6 +193,9 @@ class Store(abc.ABC):
     def commit(self, batch: CommitBatch) -> None:
         """Applies ``batch`` atomically, or nothing of it.
 
+        Alarm outcomes apply before alarm changes, so a handler that reschedules
+        the alarm it is firing keeps the new scheduling.
+
         Raises FenceError (and writes nothing) if any write's expected version
         is stale, a message id was already recorded, or ``batch.epoch`` is not
         the partition's current epoch (``stale_epoch=True``).
@@ -182,6 +216,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def set_alarm(self, change: AlarmChange) -> None:
         """Schedules, replaces or cancels one alarm outside any handler."""
+
+    @abc.abstractmethod
+    def get_alarm(self, entity_type: str, entity_id: str, name: str) -> Alarm | None:
+        """The stored alarm ``name`` of an entity, or None."""
 
     @abc.abstractmethod
     def cancel_all_alarms(self, entity_type: str, entity_id: str) -> int:

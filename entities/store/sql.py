@@ -27,6 +27,7 @@ from entities.store import schema as t
 from entities.store.base import (
     Alarm,
     AlarmChange,
+    AlarmOutcome,
     CommitBatch,
     DeadLetter,
     Key,
@@ -46,6 +47,13 @@ def utcnow() -> dt.datetime:
 
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _alarm(row: Any) -> Alarm:
+    return Alarm(
+        row.entity_type, row.entity_id, row.name, _aware(row.fire_at), row.payload,
+        row.scheduling_id, row.attempts, row.status, row.last_error,
+    )
 
 
 def make_engine(url: str, pool_size: int = 8) -> Engine:
@@ -248,6 +256,8 @@ class SQLStore(Store):
                         for p in batch.processed
                     ],
                 )
+            for outcome in batch.alarm_outcomes:
+                self._alarm_outcome(conn, outcome, now)
             for change in batch.alarms:
                 self._set_alarm(conn, change)
             if batch.outbox:
@@ -351,6 +361,37 @@ class SQLStore(Store):
                                    set_=values)
         )
 
+    def _alarm_outcome(self, conn: Connection, outcome: AlarmOutcome, now: dt.datetime) -> None:
+        a = t.alarms.c
+        current = (
+            (a.entity_type == outcome.entity_type)
+            & (a.entity_id == outcome.entity_id)
+            & (a.name == outcome.name)
+            & (a.scheduling_id == outcome.scheduling_id)
+        )
+        if outcome.error is None:
+            conn.execute(sa.delete(t.alarms).where(current))
+            return
+        conn.execute(
+            sa.update(t.alarms)
+            .where(current)
+            .values(
+                attempts=outcome.attempts,
+                last_error=outcome.error[:4000],
+                status="scheduled" if outcome.retry_at is not None else "failed",
+                fire_at=outcome.retry_at if outcome.retry_at is not None else now,
+                dispatched_at=None,
+            )
+        )
+
+    def get_alarm(self, entity_type: str, entity_id: str, name: str) -> Alarm | None:
+        a = t.alarms.c
+        query = sa.select(t.alarms).where(
+            (a.entity_type == entity_type) & (a.entity_id == entity_id) & (a.name == name)
+        )
+        row = self._read(lambda c: c.execute(query).first())
+        return None if row is None else _alarm(row)
+
     def set_alarm(self, change: AlarmChange) -> None:
         with self._tx() as conn:
             self._set_alarm(conn, change)
@@ -372,11 +413,7 @@ class SQLStore(Store):
             .order_by(a.fire_at, a.name)
         )
         rows = self._read(lambda c: c.execute(query).all())
-        return [
-            Alarm(r.entity_type, r.entity_id, r.name, _aware(r.fire_at), r.payload,
-                  r.scheduling_id)
-            for r in rows
-        ]
+        return [_alarm(r) for r in rows]
 
     # -- outbox and dead letters -------------------------------------------------
 
