@@ -28,7 +28,7 @@ RUNTIME_OPS = frozenset({OP_DELETE, OP_ALARM})
 
 
 def validate_id(what: str, value: Any, max_length: int = MAX_ID_LENGTH) -> str:
-    """Checks an entity type name or id: a non-empty str, bounded, without NUL."""
+    """Checks an entity type name, id or task id: a non-empty str, bounded, storable text."""
     if not isinstance(value, str):
         raise BadMessage(f"{what} must be a str, got {type(value).__name__}")
     if not value:
@@ -37,10 +37,19 @@ def validate_id(what: str, value: Any, max_length: int = MAX_ID_LENGTH) -> str:
         raise BadMessage(f"{what} is {len(value)} characters long; the limit is {max_length}")
     if "\x00" in value:
         raise BadMessage(f"{what} must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadMessage(
+                f"{what} is not valid Unicode text (it has a lone surrogate)"
+            ) from None
     return value
 
 
-def validate_message(entity_type: Any, entity_id: Any, msg: Any) -> tuple[str, list[Any], dict[str, Any]]:
+def validate_message(
+    entity_type: Any, entity_id: Any, msg: Any
+) -> tuple[str, list[Any], dict[str, Any]]:
     """Checks a message's shape; returns (op, args, kwargs) or raises BadMessage."""
     validate_id("entity type", entity_type)
     validate_id("entity id", entity_id)
@@ -48,7 +57,9 @@ def validate_message(entity_type: Any, entity_id: Any, msg: Any) -> tuple[str, l
         raise BadMessage(f"a message must be a dict with an 'op', got {type(msg).__name__}")
     unknown = set(msg) - {"op", "args", "kwargs"}
     if unknown:
-        raise BadMessage(f"a message has only 'op', 'args' and 'kwargs'; got also {sorted(unknown)}")
+        raise BadMessage(
+            f"a message has only 'op', 'args' and 'kwargs'; got also {sorted(unknown)}"
+        )
     op = msg.get("op")
     if not isinstance(op, str) or not op:
         raise BadMessage(f"a message needs 'op', the handler name as a str; got {op!r}")
@@ -84,6 +95,7 @@ class Envelope:
     headers: dict[str, Any] = dataclasses.field(default_factory=dict)
     error: str | None = None
     bad: BadMessage | None = None
+    silent: bool = False  # the sender asked for no reply (Celery's ignore_result)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -113,6 +125,7 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
         env.error = "not a Celery message (headers are not an object)"
         return env
     env.headers = headers
+    env.silent = bool(headers.get("ignore_result"))
     task_id = headers.get("id")
     if headers.get("task") != TASK_NAME or not isinstance(task_id, str) or not task_id:
         env.error = (
@@ -121,6 +134,13 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
         )
         return env
     env.task_id = task_id
+    try:  # the task id is stored as the processed-message key, so it is bounded like an id
+        validate_id("task id", task_id)
+    except BadMessage as exc:
+        env.error = str(exc)
+        if "lone surrogate" in env.error:
+            env.task_id = ""  # no reply: it could not even be a result-backend key
+        return env
     if ctype != "application/json":
         env.error = f"content type {ctype!r} refused: only application/json is accepted"
         return env
@@ -151,7 +171,9 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
         )
         durability = call.get("durability")
         if durability is not None and durability not in DURABILITIES:
-            raise BadMessage(f"durability must be one of {DURABILITIES} or None, got {durability!r}")
+            raise BadMessage(
+                f"durability must be one of {DURABILITIES} or None, got {durability!r}"
+            )
         env.durability = durability
     except BadMessage as exc:
         env.bad = exc

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from entities import codec, registry
-from entities.errors import BadMessage, DefinitionError, UnknownHandler
+from entities.errors import BadMessage, DefinitionError, StateError, UnknownHandler
 
 if TYPE_CHECKING:
     from entities.client import EntityRef
@@ -29,6 +29,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E", bound="Entity")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,255}$")
+
+
 class _Missing:
     def __repr__(self) -> str:
         return "MISSING"
@@ -36,9 +38,8 @@ class _Missing:
 
 _MISSING: Any = _Missing()
 _RESERVED = frozenset(
-    {"id", "ref", "send", "schedule_alarm", "cancel_alarm", "after_load", "handle_alarm",
-     "upgrade"}
-)
+    {"id", "ref", "send", "schedule_alarm", "cancel_alarm", "after_load", "handle_alarm", "upgrade"}
+)  # completed below with every public attribute of Entity, which the runtime calls
 
 
 def handler(fn: F) -> F:
@@ -71,7 +72,7 @@ def seconds(value: float | int | dt.timedelta, what: str) -> float:
     """A duration in seconds from a number or a timedelta."""
     if isinstance(value, dt.timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise DefinitionError(f"{what} must be a non-negative number of seconds or a timedelta")
     return float(value)
 
@@ -150,7 +151,13 @@ class Entity:
         vsn: int = 1,
         **kwargs: Any,
     ) -> None:
-        super().__init_subclass__(**kwargs)
+        try:
+            super().__init_subclass__(**kwargs)
+        except TypeError as exc:
+            raise DefinitionError(
+                f"{cls.__qualname__}: unknown class option(s) {sorted(kwargs)}; the options are "
+                "name, durability, flush_interval, hibernate_after, shutdown_after and vsn"
+            ) from exc
         type_name = cls.__name__ if name is None else name
         if not isinstance(type_name, str) or not _NAME_RE.match(type_name):
             raise DefinitionError(
@@ -224,12 +231,22 @@ class Entity:
 
         target = registry.type_name(entity_type)
         validate_message(target, entity_id, msg)
+        try:  # the outbox keeps it as JSON in the store until it is published
+            codec.check_json(msg, "message")
+        except StateError as exc:
+            raise BadMessage(str(exc)) from None
         self._staged_sends.append(StagedSend(target, entity_id, msg))
 
     # -- hooks (optional) -----------------------------------------------------
 
     def after_load(self) -> None:
         """Runs on every activation: the first ever, or a revival from the store."""
+
+    def handle_alarm(self, name: str, payload: Any) -> None:
+        """Runs when alarm ``name`` fires; override it to use alarms."""
+        raise UnknownHandler(
+            f"{self.__entity_name__} defines no handle_alarm(); alarm {name!r} cannot fire"
+        )
 
     @classmethod
     def upgrade(cls, from_vsn: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -300,9 +317,16 @@ class Entity:
         return lambda entity: fn(entity, *args, **kwargs)
 
 
+_RESERVED |= {n for n in vars(Entity) if not n.startswith("_")}
+
+
 def _check_alarm_name(name: Any) -> None:
     if not isinstance(name, str) or not 0 < len(name) <= 255:
         raise BadMessage(f"an alarm name must be a str of 1-255 characters, got {name!r}")
+    try:
+        codec.check_text(name, "alarm name")
+    except StateError as exc:
+        raise BadMessage(str(exc)) from None
 
 
 def _is_classvar(annotation: Any) -> bool:
@@ -319,7 +343,7 @@ def _collect_fields(cls: type[Entity]) -> dict[str, FieldSpec]:
     for klass in reversed(cls.__mro__):
         if klass is Entity or not issubclass(klass, Entity):
             continue
-        for fname, annotation in klass.__dict__.get("__annotations__", {}).items():
+        for fname, annotation in inspect.get_annotations(klass).items():
             if fname.startswith("_") or _is_classvar(annotation):
                 continue
             if fname in _RESERVED:

@@ -38,6 +38,12 @@ class Settings:
     ``max_state_bytes``: largest encoded state a commit accepts (1 MiB).
     ``max_message_bytes``: largest message body a worker accepts (256 KiB).
     ``max_id_length``: longest entity id or type name accepted (255 characters).
+    ``max_resident``: most entities one worker keeps in memory, least recently
+    used evicted first (100,000).
+    ``max_unacked``: most applied-but-unflushed messages a partition holds before
+    it flushes relaxed entities anyway (10,000).
+    ``alarm_max_attempts``: firings of a failing alarm before it is kept as failed (5).
+    ``alarm_retry_s``: first retry delay of a failing alarm, doubled per attempt (1 s).
     """
 
     database_url: str
@@ -52,6 +58,10 @@ class Settings:
     max_state_bytes: int = 1 << 20
     max_message_bytes: int = 256 << 10
     max_id_length: int = 255
+    max_resident: int = 100_000
+    max_unacked: int = 10_000
+    alarm_max_attempts: int = 5
+    alarm_retry_s: float = 1.0
     home: str = DEFAULT_HOME
 
     @property
@@ -117,6 +127,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         result_expires_s=_float(env, "ENTITIES_RESULT_EXPIRES", 86400.0),
         max_state_bytes=_int(env, "ENTITIES_MAX_STATE_BYTES", 1 << 20),
         max_message_bytes=_int(env, "ENTITIES_MAX_MESSAGE_BYTES", 256 << 10),
+        max_resident=_int(env, "ENTITIES_MAX_RESIDENT", 100_000),
+        max_unacked=_int(env, "ENTITIES_MAX_UNACKED", 10_000),
+        alarm_max_attempts=_int(env, "ENTITIES_ALARM_MAX_ATTEMPTS", 5),
+        alarm_retry_s=_float(env, "ENTITIES_ALARM_RETRY", 1.0),
         home=home,
     )
 

@@ -23,16 +23,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "no_services: a unit test that needs no clean Redis or Postgres state"
+    )
     os.environ["ENTITIES_BROKER_URL"] = servers.redis_url()
     os.environ["ENTITIES_RESULT_BACKEND"] = os.environ["ENTITIES_BROKER_URL"]
     os.environ["ENTITIES_DATABASE_URL"] = servers.postgres_url()
-    os.environ["ENTITIES_MODULES"] = "tests.fixture_entities"
+    modules = sorted(f"tests.{p.stem}" for p in Path(__file__).parent.glob("*_entities.py"))
+    os.environ["ENTITIES_MODULES"] = ",".join(modules)
     os.environ.setdefault("ENTITIES_PARTITIONS", "16")
     os.environ.setdefault("ENTITIES_LEASE_TTL", "2")
     from entities.migrate import upgrade
 
     upgrade(os.environ["ENTITIES_DATABASE_URL"])
-    import tests.fixture_entities  # noqa: F401  (registers the test entity classes)
+    from entities.registry import import_modules
+
+    import_modules(modules)  # registers the test entity classes in this process too
 
 
 @pytest.fixture

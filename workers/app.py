@@ -27,7 +27,7 @@ class PartitionStep(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         from workers.service import PartitionService
 
-        self.service = PartitionService(get_settings(), worker.app.backend)
+        self.service = PartitionService(get_settings(), worker.app)
         worker.entities_service = self.service
         self.service.start()
 

@@ -21,18 +21,21 @@ import redis
 
 from entities.routing import inflight_key, lease_key, queue_name
 
-# KEYS: queue, inflight, lease. ARGV: token, n. Tops the in-flight list up to n
-# from the queue and returns its n oldest entries (newest first); nil if the
+# KEYS: queue, inflight, lease. ARGV: token, skip, n. Tops the in-flight list up
+# to skip + n from the queue and returns the n oldest entries after the ``skip``
+# oldest (those are applied but not yet acknowledged), newest first; nil if the
 # lease is not ours.
 _FETCH = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return false end
-local n = tonumber(ARGV[2])
+local skip = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local have = redis.call('LLEN', KEYS[2])
-while have < n do
+while have < skip + n do
   if not redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') then break end
   have = have + 1
 end
-return redis.call('LRANGE', KEYS[2], -n, -1)
+if have <= skip then return {} end
+return redis.call('LRANGE', KEYS[2], -(skip + n), -(skip + 1))
 """
 
 # KEYS: inflight, lease. ARGV: token, n. Drops the n oldest in-flight entries.
@@ -106,10 +109,13 @@ class PartitionQueues:
         values = self.client.mget([lease_key(p) for p in partitions])
         return dict(zip(partitions, values, strict=True))
 
-    def fetch(self, partition: int, token: str, n: int) -> list[bytes] | None:
-        """Up to ``n`` unacknowledged messages, oldest first; None if the lease is lost."""
+    def fetch(self, partition: int, token: str, n: int, skip: int = 0) -> list[bytes] | None:
+        """Up to ``n`` messages after the ``skip`` oldest unacknowledged ones, oldest first.
+
+        None if the lease is lost.
+        """
         keys = [queue_name(partition), inflight_key(partition), lease_key(partition)]
-        raw = self._fetch(keys=keys, args=[token, n])
+        raw = self._fetch(keys=keys, args=[token, skip, n])
         if raw is None:
             return None
         return list(reversed(raw))

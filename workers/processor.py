@@ -3,31 +3,27 @@
 For each message, in order: skip it if its id is already recorded (a
 redelivery or a resend with the same task id; the recorded reply is returned
 again), find the entity in memory or load it, run the handler, and stage the
-new state, the processed-message record, alarms and outgoing messages. One
-commit writes it all, fenced by each entity's version and the partition's
-epoch. Replies are returned only for a committed batch; a handler that raises
-leaves the entity exactly as committed.
+new state, the processed-message record, alarm changes and outgoing messages.
+
+Strict entities (and relaxed ones escalated by a strict call or an alarm) are
+committed by the batch itself, fenced by each entity's version and the
+partition's epoch, before any reply. Changes of ``interval`` and ``on_stop``
+entities stay in memory, marked dirty, until :meth:`Processor.flush`; the
+runner holds the broker acknowledgement until then, so a crash loses no
+message, only replies that were sent early (the messages are applied again on
+the last committed state). A handler that raises leaves the entity exactly as
+it was before the message.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import uuid
-from typing import Any
+import time
+from collections.abc import Callable
 
-from entities import codec, registry
-from entities.errors import (
-    BadMessage,
-    EntityError,
-    FenceError,
-    StateError,
-    StoreError,
-    UpgradeError,
-)
-from entities.messages import OP_DELETE, Envelope, parse_envelope
-from entities.model import Entity
+from entities.errors import BadMessage, FenceError, StoreError
+from entities.messages import Envelope, parse_envelope
 from entities.routing import queue_name
 from entities.settings import Settings
 from entities.store import (
@@ -36,68 +32,92 @@ from entities.store import (
     DeadLetter,
     OutboxMessage,
     Processed,
-    Snapshot,
     Store,
     Write,
 )
+from workers.apply import Applier, Outcome, Staged
+from workers.memory import EntityMemory, Key, Live
 
 log = logging.getLogger(__name__)
 
 #: How many times a batch is retried after version conflicts before giving up for now.
 MAX_CONFLICT_RETRIES = 5
 
-
-@dataclasses.dataclass
-class Outcome:
-    """The reply to one message: a value, or an exception to re-raise on the caller's side."""
-
-    task_id: str
-    ok: bool
-    value: Any = None
-    error: BaseException | None = None
+__all__ = ["BatchResult", "Outcome", "Processor"]
 
 
 @dataclasses.dataclass
-class Live:
-    """An entity in memory: its live object, its committed version and its working state."""
+class BatchResult:
+    """What a processed batch produced: replies to send and committed messages to publish."""
 
-    cls: type[Entity]
-    obj: Entity
-    version: int  # the committed version (0: never committed)
-    vsn: int
-    encoded: dict[str, Any]  # the working state, encoded; equals the committed one between batches
-    deleted: bool = False
+    outcomes: list[Outcome]
+    outbox: list[OutboxMessage]
 
 
-def error_reply(exc: BaseException) -> dict[str, Any]:
-    """A JSON record of an exception, as Celery's failure results carry it."""
-    return {
-        "exc_type": type(exc).__qualname__,
-        "exc_module": type(exc).__module__,
-        "exc_message": [str(exc)],
-    }
+@dataclasses.dataclass
+class Deferred:
+    """Effects of relaxed entities, applied in memory, waiting for the next flush."""
+
+    processed: list[Processed] = dataclasses.field(default_factory=list)
+    alarms: list[AlarmChange] = dataclasses.field(default_factory=list)
+    outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
+    replies: dict[str, Outcome] = dataclasses.field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.processed or self.alarms or self.outbox)
 
 
 class Processor:
     """Applies batches for one partition; keeps that partition's entities in memory."""
 
-    def __init__(self, partition: int, store: Store, settings: Settings) -> None:
+    def __init__(
+        self,
+        partition: int,
+        store: Store,
+        settings: Settings,
+        max_resident: Callable[[], int] | None = None,
+    ) -> None:
         self.partition = partition
         self.store = store
         self.settings = settings
-        self.memory: dict[tuple[str, str], Live] = {}
+        self.memory = EntityMemory(max_resident or (lambda: settings.max_resident))
+        self.deferred = Deferred()
+        self.applier = Applier(partition, store, settings, self.memory)
         self.conflicts = 0
 
-    def reset(self) -> None:
-        """Drops every entity from memory (after an error, or when the partition moves)."""
-        self.memory.clear()
+    # -- state of the partition ---------------------------------------------------
 
-    def process(self, raws: list[bytes], epoch: int | None) -> list[Outcome]:
-        """Applies ``raws`` (oldest first) and commits; returns one outcome per repliable message.
+    @property
+    def dirty(self) -> bool:
+        """True while some applied change is not committed yet."""
+        return bool(self.deferred) or self.memory.has_dirty
+
+    def flush_in(self, now: float | None = None) -> float | None:
+        """Seconds until an ``interval`` entity's changes must be flushed; None if none must."""
+        now = time.monotonic() if now is None else now
+        due: float | None = None
+        for _key, live in self.memory.dirty():
+            opts = live.cls.__entity_options__
+            if opts.durability != "interval" or live.dirty_since is None:
+                continue
+            left = live.dirty_since + opts.flush_interval_s - now
+            due = left if due is None else min(due, left)
+        return due
+
+    def reset(self) -> None:
+        """Drops every entity and every unflushed change (after an error or a handoff)."""
+        self.memory.clear()
+        self.deferred = Deferred()
+
+    # -- batches --------------------------------------------------------------
+
+    def process(self, raws: list[bytes], epoch: int | None) -> BatchResult:
+        """Applies ``raws`` (oldest first); commits what must be committed before replying.
 
         Raises FenceError(stale_epoch=True) if this owner lost the partition,
-        StoreError on infrastructure failure; in both cases nothing was committed
-        and memory is dropped.
+        StoreError on infrastructure failure; in both cases nothing was
+        committed and memory is dropped, so the caller must re-fetch from the
+        oldest unacknowledged message.
         """
         envelopes = [parse_envelope(r, self.settings.max_message_bytes) for r in raws]
         for _ in range(MAX_CONFLICT_RETRIES):
@@ -114,174 +134,108 @@ class Processor:
                 raise
         raise StoreError(f"partition {self.partition}: version conflicts persisted; will retry")
 
-    def _process_once(self, envelopes: list[Envelope], epoch: int | None) -> list[Outcome]:
+    def flush(self, epoch: int | None) -> list[OutboxMessage]:
+        """Commits every dirty entity and deferred effect; returns the outbox to publish.
+
+        On any error memory is dropped (see :meth:`process`).
+        """
+        if not self.dirty:
+            return []
         batch = CommitBatch(self.partition, epoch)
+        try:
+            touched = self._take_all_dirty(batch)
+            self.store.commit(batch)
+        except BaseException:
+            self.reset()
+            raise
+        self._committed(touched)
+        return batch.outbox
+
+    def sweep(self) -> bool:
+        """Hibernates and evicts idle entities; True if a flush is needed to evict more."""
+        _evicted, blocked = self.memory.sweep()
+        return blocked
+
+    def _process_once(self, envelopes: list[Envelope], epoch: int | None) -> BatchResult:
         ids = [e.task_id for e in envelopes if e.task_id and e.error is None]
         done = self.store.processed(ids)
-        self._prefetch(envelopes)
+        self.applier.prefetch(envelopes)
         outcomes: list[Outcome] = []
-        first: dict[str, Outcome] = {}
-        touched: dict[tuple[str, str], Live] = {}
+        first: dict[str, Outcome] = dict(self.deferred.replies)
+        staged: dict[Key, Staged] = {}
+        dead: list[DeadLetter] = []
         for env in envelopes:
             if env.error is not None:
-                batch.dead_letters.append(
-                    DeadLetter(queue_name(self.partition), env.error, env.raw.decode("utf-8", "replace"))
+                dead.append(
+                    DeadLetter(queue_name(self.partition), env.error,
+                               env.raw.decode("utf-8", "replace"))
                 )
+                log.warning("partition %s: dead-lettered a message: %s", self.partition, env.error)
                 if env.task_id:
-                    outcomes.append(Outcome(env.task_id, False, error=BadMessage(env.error)))
+                    outcomes.append(Outcome.failure(env.task_id, BadMessage(env.error), env.silent))
                 continue
             if env.task_id in first:
                 outcomes.append(first[env.task_id])
                 continue
             if env.task_id in done:
-                outcome = _from_record(done[env.task_id])
-            elif env.bad is not None:
-                outcome = Outcome(env.task_id, False, error=env.bad)
+                outcome = Outcome.from_record(done[env.task_id], env.silent)
             else:
-                outcome = self._apply(env, batch, touched)
+                outcome = self.applier.apply(env, staged)
             first[env.task_id] = outcome
             outcomes.append(outcome)
-        for (etype, eid), live in touched.items():
-            batch.writes.append(
-                Write(etype, eid, live.version, live.cls.__entity_options__.vsn,
-                      None if live.deleted else live.encoded)
-            )
+        batch = CommitBatch(self.partition, epoch, dead_letters=dead)
+        touched = self._stage(staged, batch)
         self.store.commit(batch)
-        for key, live in touched.items():
+        self._committed(touched)
+        return BatchResult(outcomes, batch.outbox)
+
+    def _stage(self, staged: dict[Key, Staged], batch: CommitBatch) -> list[tuple[Key, Live]]:
+        """Splits this batch's changes into the commit and the deferred set."""
+        now = time.monotonic()
+        escalate = any(s.strict for s in staged.values())
+        touched: list[tuple[Key, Live]] = []
+        for key, s in staged.items():
+            batch.alarm_outcomes.extend(s.alarm_outcomes)
+            if not s.changed:
+                continue
+            if s.strict or s.live.cls.__entity_options__.durability == "strict":
+                batch.processed.extend(s.processed)
+                batch.alarms.extend(s.alarms)
+                batch.outbox.extend(s.outbox)
+                batch.writes.append(_write(key, s.live))
+                touched.append((key, s.live))
+            else:
+                self.deferred.processed.extend(s.processed)
+                self.deferred.alarms.extend(s.alarms)
+                self.deferred.outbox.extend(s.outbox)
+                self.deferred.replies.update(s.replies)
+                self.memory.mark_dirty(key, s.live, now)
+        if escalate:  # a strict call commits everything pending before its reply
+            touched.extend(self._take_all_dirty(batch, skip={k for k, _ in touched}))
+        return touched
+
+    def _take_all_dirty(
+        self, batch: CommitBatch, skip: set[Key] | None = None
+    ) -> list[tuple[Key, Live]]:
+        skip = skip or set()
+        touched = [(k, v) for k, v in self.memory.dirty() if k not in skip]
+        batch.writes.extend(_write(k, v) for k, v in touched)
+        batch.processed.extend(self.deferred.processed)
+        batch.alarms.extend(self.deferred.alarms)
+        batch.outbox.extend(self.deferred.outbox)
+        self.deferred = Deferred()
+        return touched
+
+    def _committed(self, touched: list[tuple[Key, Live]]) -> None:
+        for key, live in touched:
+            self.memory.mark_clean(key, live)
             if live.deleted:
-                self.memory.pop(key, None)
+                self.memory.pop(key)
             else:
                 live.version += 1
                 live.vsn = live.cls.__entity_options__.vsn
-        return outcomes
-
-    def _prefetch(self, envelopes: list[Envelope]) -> None:
-        missing = {
-            e.key for e in envelopes
-            if e.error is None and e.bad is None and e.key not in self.memory
-        }
-        self._prefetched = missing
-        self._snapshots: dict[tuple[str, str], Snapshot] = (
-            self.store.load_many(missing) if missing else {}
-        )
-
-    def _snapshot(self, key: tuple[str, str]) -> Snapshot | None:
-        if key in self._prefetched:
-            return self._snapshots.get(key)
-        return self.store.load(*key)
-
-    def _activate(self, cls: type[Entity], key: tuple[str, str]) -> Live:
-        live = self.memory.get(key)
-        if live is not None and live.cls is cls:
-            return live
-        snapshot = self._snapshot(key)
-        class_vsn = cls.__entity_options__.vsn
-        if snapshot is None:
-            obj = cls.from_state(key[1], None)
-            live = Live(cls, obj, 0, class_vsn, obj.encode_state())
-        else:
-            state = _upgrade(cls, snapshot)
-            obj = cls.from_state(key[1], state)
-            encoded = snapshot.state if snapshot.vsn == class_vsn else obj.encode_state()
-            live = Live(cls, obj, snapshot.version, snapshot.vsn, encoded)
-        obj.after_load()
-        self.memory[key] = live
-        return live
-
-    def _apply(self, env: Envelope, batch: CommitBatch, touched: dict[tuple[str, str], Live]) -> Outcome:
-        try:
-            cls = registry.lookup(env.entity_type)
-            if env.op == OP_DELETE:
-                return self._delete(env, cls, batch, touched)
-            call = cls.bind_call(env.op, env.args, env.kwargs)
-            live = self._activate(cls, env.key)
-        except Exception as exc:
-            self.memory.pop(env.key, None)
-            return Outcome(env.task_id, False, error=exc)
-        obj = live.obj
-        try:
-            result = call(obj)
-            reply = codec.encode(result, Any, f"reply of {env.entity_type}.{env.op}")
-            encoded = obj.encode_state()
-            alarms, sends = obj.take_effects()
-            if encoded != live.encoded and _size(encoded) > self.settings.max_state_bytes:
-                raise StateError(
-                    f"{env.entity_type} {env.entity_id!r}: encoded state is larger than "
-                    f"{self.settings.max_state_bytes} bytes (ENTITIES_MAX_STATE_BYTES)"
-                )
-        except Exception as exc:  # the handler's own error: the caller gets it, state is kept
-            live.obj = live.cls.from_state(env.entity_id, live.encoded)
-            return Outcome(env.task_id, False, error=exc)
-        if encoded == live.encoded and not alarms and not sends:
-            return Outcome(env.task_id, True, result)
-        live.encoded = encoded
-        live.deleted = False
-        touched[env.key] = live
-        batch.processed.append(
-            Processed(env.task_id, env.entity_type, env.entity_id, self.partition, True, reply)
-        )
-        for alarm in alarms:
-            batch.alarms.append(
-                AlarmChange(env.entity_type, env.entity_id, alarm.name, alarm.fire_at,
-                            codec.encode(alarm.payload, Any, "alarm payload"))
-            )
-        for send in sends:
-            batch.outbox.append(
-                OutboxMessage(uuid.uuid4().hex, self.partition, send.entity_type,
-                              send.entity_id, send.msg)
-            )
-        return Outcome(env.task_id, True, result)
-
-    def _delete(self, env: Envelope, cls: type[Entity], batch: CommitBatch,
-                touched: dict[tuple[str, str], Live]) -> Outcome:
-        live = self.memory.get(env.key)
-        if live is None or live.cls is not cls:
-            snapshot = self._snapshot(env.key)
-            version = snapshot.version if snapshot else 0
-            vsn = snapshot.vsn if snapshot else cls.__entity_options__.vsn
-            obj = cls.from_state(env.entity_id, None)
-            live = Live(cls, obj, version, vsn, obj.encode_state())
-            self.memory[env.key] = live
-        fresh = cls.from_state(env.entity_id, None)
-        live.obj, live.encoded, live.deleted = fresh, fresh.encode_state(), True
-        touched[env.key] = live
-        batch.processed.append(
-            Processed(env.task_id, env.entity_type, env.entity_id, self.partition, True, None)
-        )
-        return Outcome(env.task_id, True, None)
 
 
-def _size(encoded: dict[str, Any]) -> int:
-    return len(json.dumps(encoded, separators=(",", ":")))
-
-
-def _upgrade(cls: type[Entity], snapshot: Snapshot) -> dict[str, Any]:
-    """Brings a stored state to the class's vsn, one step at a time (vsn n -> n+1)."""
-    target = cls.__entity_options__.vsn
-    name = f"{snapshot.entity_type} {snapshot.entity_id!r}"
-    if snapshot.vsn > target:
-        raise UpgradeError(
-            f"{name}: stored vsn {snapshot.vsn} is newer than class vsn {target}; "
-            "deploy the newer code"
-        )
-    state = snapshot.state
-    for vsn in range(snapshot.vsn, target):
-        try:
-            state = cls.upgrade(vsn, state)
-        except UpgradeError:
-            raise
-        except Exception as exc:
-            raise UpgradeError(
-                f"{name}: upgrade from stored vsn {vsn} (class vsn {target}) failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        if not isinstance(state, dict):
-            raise UpgradeError(f"{name}: upgrade from vsn {vsn} returned {type(state).__name__}")
-    return state
-
-
-def _from_record(record: Processed) -> Outcome:
-    if record.ok:
-        return Outcome(record.message_id, True, codec.decode(record.reply))
-    reply = record.reply or {}
-    return Outcome(record.message_id, False, error=EntityError(str(reply.get("exc_message"))))
+def _write(key: Key, live: Live) -> Write:
+    state = None if live.deleted else live.encoded
+    return Write(key[0], key[1], live.version, live.cls.__entity_options__.vsn, state)

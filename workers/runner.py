@@ -1,35 +1,48 @@
-"""The loop that serves one owned partition: fetch, apply, commit, reply, acknowledge."""
+"""The loop that serves one owned partition: fetch, apply, commit, reply, acknowledge.
+
+The order of one iteration is the guarantee: commit, then replies, then the
+acknowledgement. Messages of relaxed entities (``interval``, ``on_stop``) are
+replied to before their commit, but their acknowledgement (and that of every
+later message, since acknowledgement is positional) waits for the flush that
+commits them. A failure before the acknowledgement leaves the messages in
+flight; they are fetched again from the oldest and the processed-message
+records make the second pass apply nothing twice.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 
 import redis
 
 from entities.errors import FenceError, StoreError
+from entities.store import OutboxMessage
 from workers.broker import PartitionQueues
 from workers.processor import Processor
 from workers.replies import ReplyWriter
 
 log = logging.getLogger(__name__)
 
-#: Seconds a blocking wait for new messages lasts before checking for stop.
+#: Seconds a blocking wait for new messages lasts before checking timers and stop.
 WAIT_S = 0.5
+#: Seconds between sweeps of idle entities.
+SWEEP_EVERY_S = 1.0
 #: Backoff bounds in seconds after an infrastructure error.
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
 
+Publisher = Callable[[list[OutboxMessage]], None]
+
+
+class LeaseLost(Exception):
+    """The partition's lease is no longer this runner's."""
+
 
 class PartitionRunner(threading.Thread):
-    """Serves one partition while this worker holds its lease at ``epoch``.
-
-    The order of one iteration is the guarantee: commit, then replies, then
-    the acknowledgement. A failure before the acknowledgement leaves the batch
-    in flight; it is fetched again and the processed-message records make the
-    second pass apply nothing twice.
-    """
+    """Serves one partition while this worker holds its lease at ``epoch``."""
 
     def __init__(
         self,
@@ -39,6 +52,7 @@ class PartitionRunner(threading.Thread):
         queues: PartitionQueues,
         processor: Processor,
         replies: ReplyWriter,
+        publish: Publisher,
         batch_size: int,
         on_exit: Callable[[PartitionRunner, str], None],
     ) -> None:
@@ -49,13 +63,17 @@ class PartitionRunner(threading.Thread):
         self.queues = queues
         self.processor = processor
         self.replies = replies
+        self.publish_outbox = publish
         self.batch_size = batch_size
         self.on_exit = on_exit
         self._stopping = threading.Event()
         self.applied = 0
+        self.pending = 0  # oldest in-flight messages applied but not acknowledged
+        self._outbox_backlog = True  # a previous owner may have left messages to publish
+        self._next_sweep = time.monotonic() + SWEEP_EVERY_S
 
     def stop(self) -> None:
-        """Asks the loop to finish its current batch and exit."""
+        """Asks the loop to finish its current batch, flush, and exit."""
         self._stopping.set()
 
     @property
@@ -66,22 +84,18 @@ class PartitionRunner(threading.Thread):
     def run(self) -> None:
         reason = "stopped"
         backoff = BACKOFF_MIN_S
-        while not self._stopping.is_set():
+        while True:
             try:
-                raws = self.queues.fetch(self.partition, self.token, self.batch_size)
-                if raws is None:
+                if self._stopping.is_set():
+                    self._flush()
+                    break
+                if not self._step():
                     reason = "lease lost"
                     break
-                if not raws:
-                    self.queues.wait(self.partition, WAIT_S)
-                    continue
-                outcomes = self.processor.process(raws, self.epoch)
-                self.replies.write(outcomes)
-                if not self.queues.ack(self.partition, self.token, len(raws)):
-                    reason = "lease lost"
-                    break
-                self.applied += len(raws)
                 backoff = BACKOFF_MIN_S
+            except LeaseLost:
+                reason = "lease lost"
+                break
             except FenceError as exc:
                 if exc.stale_epoch:
                     log.error(
@@ -90,19 +104,84 @@ class PartitionRunner(threading.Thread):
                     )
                     reason = "zombie"
                     break
-                self._pause(backoff, exc)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                backoff = self._recover(backoff, exc)
             except (StoreError, redis.RedisError, OSError) as exc:
-                self.processor.reset()
-                self._pause(backoff, exc)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                backoff = self._recover(backoff, exc)
             except Exception as exc:  # a bug: keep the messages, log loudly, retry
                 log.exception("partition %s: unexpected error; retrying", self.partition)
-                self.processor.reset()
-                self._pause(backoff, exc)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                backoff = self._recover(backoff, exc)
+            if self._stopping.is_set() and self.pending == 0 and not self.processor.dirty:
+                break  # stopping after a failed flush: the next owner re-applies what is in flight
         self.on_exit(self, reason)
 
-    def _pause(self, backoff: float, exc: BaseException) -> None:
+    def _step(self) -> bool:
+        """One iteration; False if the lease is lost."""
+        self._timers()
+        if self._outbox_backlog:
+            self._publish_backlog()
+        raws = self.queues.fetch(self.partition, self.token, self.batch_size, self.pending)
+        if raws is None:
+            return False
+        if not raws:
+            due = self.processor.flush_in()
+            wait = WAIT_S if due is None else max(0.001, min(WAIT_S, due))
+            self.queues.wait(self.partition, wait)
+            return True
+        result = self.processor.process(raws, self.epoch)
+        self.replies.write(result.outcomes)
+        self._publish(result.outbox)
+        self.pending += len(raws)
+        self.applied += len(raws)
+        if not self.processor.dirty:
+            return self._ack()
+        if self.pending >= self.processor.settings.max_unacked:
+            self._flush()
+        return True
+
+    def _timers(self) -> None:
+        due = self.processor.flush_in()
+        if due is not None and due <= 0:
+            self._flush()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY_S
+            if self.processor.sweep():
+                self._flush()
+                self.processor.sweep()
+
+    def _flush(self) -> None:
+        """Commits every pending change, publishes its outbox, acknowledges what it covers."""
+        self._publish(self.processor.flush(self.epoch))
+        self._ack()
+
+    def _ack(self) -> bool:
+        if self.pending == 0:
+            return True
+        if not self.queues.ack(self.partition, self.token, self.pending):
+            raise LeaseLost(self.partition)
+        self.pending = 0
+        return True
+
+    def _publish(self, outbox: list[OutboxMessage]) -> None:
+        if not outbox:
+            return
+        try:
+            self.publish_outbox(outbox)
+        except Exception:
+            log.warning("partition %s: outbox publish failed; will retry", self.partition,
+                        exc_info=True)
+            self._outbox_backlog = True
+            return
+        self.processor.store.forget_outbox([m.message_id for m in outbox])
+
+    def _publish_backlog(self) -> None:
+        pending = self.processor.store.pending_outbox(self.partition)
+        self._outbox_backlog = False
+        self._publish(pending)
+
+    def _recover(self, backoff: float, exc: BaseException) -> float:
+        self.processor.reset()
+        self.pending = 0
         log.warning("partition %s: %s; retrying in %.2fs", self.partition, exc, backoff)
         self._stopping.wait(backoff * (0.5 + random.random()))
+        return min(backoff * 2, BACKOFF_MAX_S)

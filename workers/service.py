@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import logging
 import math
 import os
@@ -20,12 +21,13 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from typing import Any
 
 from entities import registry
-from entities.routing import KEY_PREFIX
+from entities.routing import KEY_PREFIX, TASK_NAME
 from entities.settings import Settings
-from entities.store import SQLStore, Store
+from entities.store import OutboxMessage, SQLStore, Store
 from workers.broker import PartitionQueues, redis_from_url
 from workers.processor import Processor
 from workers.replies import ReplyWriter
@@ -34,6 +36,7 @@ from workers.runner import PartitionRunner
 log = logging.getLogger(__name__)
 
 WORKERS_KEY = f"{KEY_PREFIX}.workers"
+STATS_KEY = f"{KEY_PREFIX}.stats"
 #: Seconds between purges of expired processed-message records.
 PURGE_EVERY_S = 600.0
 
@@ -41,13 +44,16 @@ PURGE_EVERY_S = 600.0
 class PartitionService:
     """Owns partitions for one worker process and runs a PartitionRunner for each."""
 
-    def __init__(self, settings: Settings, backend: Any, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, app: Any, store: Store | None = None
+    ) -> None:
         self.settings = settings
+        self.app = app
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.store = store or SQLStore(settings.database_url, pool_size=settings.partitions + 4)
         self.redis = redis_from_url(settings.broker_url, health_check_interval=30)
         self.queues = PartitionQueues(self.redis)
-        self.replies = ReplyWriter(backend)
+        self.replies = ReplyWriter(app.backend)
         self.runners: dict[int, PartitionRunner] = {}
         self.processors: dict[int, Processor] = {}
         self.zombie_events = 0
@@ -85,6 +91,7 @@ class PartitionService:
             runner.join(timeout_s)
         try:
             self.redis.zrem(WORKERS_KEY, self.worker_id)
+            self.redis.hdel(STATS_KEY, self.worker_id)
         except Exception:
             log.warning("could not leave the worker registry", exc_info=True)
 
@@ -103,6 +110,7 @@ class PartitionService:
                 self._heartbeat()
                 self._renew()
                 self._rebalance()
+                self._publish_stats()
                 self._purge()
             except Exception:
                 log.warning("lease loop error; retrying", exc_info=True)
@@ -143,7 +151,7 @@ class PartitionService:
         holders = self.queues.holders(range(self.settings.partitions))
         free = [p for p, h in holders.items() if h is None and p not in self.runners]
         # Start at a worker-specific offset so simultaneous starters spread out.
-        offset = hash(self.worker_id) % max(1, len(free))
+        offset = zlib.crc32(self.worker_id.encode()) % max(1, len(free))
         for partition in free[offset:] + free[:offset]:
             if len(active) >= share or self._stopping.is_set():
                 break
@@ -160,11 +168,11 @@ class PartitionService:
             self.queues.release(partition, token)
             raise
         processor = self.processors.setdefault(
-            partition, Processor(partition, self.store, self.settings)
+            partition, Processor(partition, self.store, self.settings, self._resident_share)
         )
         processor.reset()
         runner = PartitionRunner(
-            partition, token, epoch, self.queues, processor, self.replies,
+            partition, token, epoch, self.queues, processor, self.replies, self._publish,
             self.settings.batch_size, self._on_runner_exit,
         )
         with self._lock:
@@ -172,6 +180,46 @@ class PartitionService:
         runner.start()
         log.info("partition %s: owned at epoch %s", partition, epoch)
         return True
+
+    def _resident_share(self) -> int:
+        """Each owned partition's share of the worker's resident-entity bound."""
+        return max(1, self.settings.max_resident // max(1, len(self.runners)))
+
+    def _publish(self, outbox: list[OutboxMessage]) -> None:
+        """Publishes committed outbox messages, keeping their ids as task ids."""
+        for m in outbox:
+            self.app.send_task(
+                TASK_NAME, args=[m.entity_type, m.entity_id, m.msg], task_id=m.message_id,
+                ignore_result=True,
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """What this worker holds now: partitions, entities in memory, counters."""
+        with self._lock:
+            runners = dict(self.runners)
+        resident = hibernated = pending = applied = conflicts = 0
+        for partition, runner in runners.items():
+            r, h = self.processors[partition].memory.counts()
+            resident, hibernated = resident + r, hibernated + h
+            pending += runner.pending
+            applied += runner.applied
+            conflicts += self.processors[partition].conflicts
+        return {
+            "worker": self.worker_id,
+            "partitions": {str(p): r.epoch for p, r in sorted(runners.items())},
+            "resident": resident,
+            "hibernated": hibernated,
+            "unacked": pending,
+            "applied": applied,
+            "conflicts": conflicts,
+            "zombie_events": self.zombie_events,
+            "at": time.time(),
+        }
+
+    def _publish_stats(self) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.hset(STATS_KEY, self.worker_id, json.dumps(self.stats()))
+            pipe.execute()
 
     def _on_runner_exit(self, runner: PartitionRunner, reason: str) -> None:
         if reason == "zombie":

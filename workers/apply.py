@@ -1,0 +1,301 @@
+"""Applying one message to one entity: activation, the handler, and what it stages.
+
+The Applier runs handlers on the live object and records what the partition
+must commit: the new encoded state, the processed-message record with its
+reply, alarm changes and outgoing messages. A handler that raises is undone by
+rebuilding the object from its last encoded state, so nothing it did survives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+from entities import codec, registry
+from entities.errors import BadMessage, StateError, UpgradeError
+from entities.messages import OP_ALARM, OP_DELETE, Envelope
+from entities.model import Entity
+from entities.settings import Settings
+from entities.store import (
+    AlarmChange,
+    AlarmOutcome,
+    OutboxMessage,
+    Processed,
+    Snapshot,
+    Store,
+)
+from workers.memory import EntityMemory, Key, Live
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """The reply to one message: a value, or an exception to re-raise on the caller's side."""
+
+    task_id: str
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+    silent: bool = False  # the sender wants no reply stored
+
+    @classmethod
+    def failure(cls, task_id: str, error: BaseException, silent: bool = False) -> Outcome:
+        """An error reply."""
+        return cls(task_id, False, error=error, silent=silent)
+
+    @classmethod
+    def from_record(cls, record: Processed, silent: bool = False) -> Outcome:
+        """The reply recorded when the message was first applied."""
+        return cls(record.message_id, True, codec.decode(record.reply), silent=silent)
+
+
+@dataclasses.dataclass
+class Staged:
+    """What one batch changed for one entity."""
+
+    live: Live | None
+    changed: bool = False
+    strict: bool = False  # commit with this batch, whatever the class's durability
+    processed: list[Processed] = dataclasses.field(default_factory=list)
+    alarms: list[AlarmChange] = dataclasses.field(default_factory=list)
+    outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
+    alarm_outcomes: list[AlarmOutcome] = dataclasses.field(default_factory=list)
+    replies: dict[str, Outcome] = dataclasses.field(default_factory=dict)
+
+
+class Applier:
+    """Applies messages to the entities of one partition's memory."""
+
+    def __init__(
+        self, partition: int, store: Store, settings: Settings, memory: EntityMemory
+    ) -> None:
+        self.partition = partition
+        self.store = store
+        self.settings = settings
+        self.memory = memory
+        self._prefetched: set[Key] = set()
+        self._snapshots: dict[Key, Snapshot] = {}
+
+    def prefetch(self, envelopes: list[Envelope]) -> None:
+        """Loads, in one round trip, the snapshots of the batch's entities not in memory."""
+        missing = {
+            e.key for e in envelopes
+            if e.error is None and e.bad is None and e.key not in self.memory
+        }
+        self._prefetched = missing
+        self._snapshots = self.store.load_many(missing) if missing else {}
+
+    def apply(self, env: Envelope, staged: dict[Key, Staged]) -> Outcome:
+        """Applies one well-formed message; never raises for the message's own faults."""
+        if env.bad is not None:
+            return Outcome.failure(env.task_id, env.bad, env.silent)
+        if env.op == OP_ALARM:
+            return self._alarm(env, staged)
+        try:
+            cls = registry.lookup(env.entity_type)
+            if env.op == OP_DELETE:
+                return self._delete(env, cls, staged)
+            call = cls.bind_call(env.op, env.args, env.kwargs)
+            live = self.activate(cls, env.key)
+        except Exception as exc:
+            return Outcome.failure(env.task_id, exc, env.silent)
+        if env.durability == "strict":
+            _stage(staged, env.key, live).strict = True
+        return self._run(env, live, lambda obj: call(obj), staged)
+
+    # -- activation -------------------------------------------------------------
+
+    def _snapshot(self, key: Key) -> Snapshot | None:
+        if key in self._prefetched:
+            return self._snapshots.get(key)
+        return self.store.load(*key)
+
+    def activate(self, cls: type[Entity], key: Key) -> Live:
+        """The entity in memory, loading (and upgrading) it and running after_load if needed."""
+        live = self.memory.get(key)
+        if live is not None and live.cls is cls:
+            live.wake(key[1])
+            return live
+        snapshot = self._snapshot(key)
+        class_vsn = cls.__entity_options__.vsn
+        if snapshot is None:
+            obj = cls.from_state(key[1], None)
+            live = Live(cls, obj, 0, class_vsn, obj.encode_state())
+        else:
+            state = upgrade(cls, snapshot)
+            obj = cls.from_state(key[1], state)
+            encoded = snapshot.state if snapshot.vsn == class_vsn else obj.encode_state()
+            live = Live(cls, obj, snapshot.version, snapshot.vsn, encoded)
+        obj.after_load()
+        self.memory.put(key, live)
+        return live
+
+    # -- running code of the entity -------------------------------------------------
+
+    def _run(
+        self, env: Envelope, live: Live, call: Any, staged: dict[Key, Staged],
+        on_error: Any = None,
+    ) -> Outcome:
+        obj = live.wake(env.entity_id)
+        try:
+            result = call(obj)
+            reply = codec.encode(result, Any, f"reply of {env.entity_type}.{env.op}")
+            encoded = obj.encode_state()
+            alarms, sends = obj.take_effects()
+            if encoded != live.encoded:
+                _check_size(env, encoded, self.settings.max_state_bytes)
+        except Exception as exc:  # the entity's own error: undo everything it did
+            live.obj = live.cls.from_state(env.entity_id, live.encoded)
+            if on_error is not None:
+                on_error(exc)
+            return Outcome.failure(env.task_id, exc, env.silent)
+        outcome = Outcome(env.task_id, True, result, silent=env.silent)
+        if encoded == live.encoded and not alarms and not sends:
+            return outcome
+        live.encoded = encoded
+        live.deleted = False
+        st = _stage(staged, env.key, live)
+        st.changed = True
+        st.processed.append(
+            Processed(env.task_id, env.entity_type, env.entity_id, self.partition, True, reply)
+        )
+        st.replies[env.task_id] = outcome
+        for alarm in alarms:
+            payload = codec.encode(alarm.payload, Any, f"alarm {alarm.name!r} payload")
+            st.alarms.append(
+                AlarmChange(env.entity_type, env.entity_id, alarm.name, alarm.fire_at, payload)
+            )
+        for send in sends:
+            st.outbox.append(
+                OutboxMessage(uuid.uuid4().hex, self.partition, send.entity_type,
+                              send.entity_id, send.msg)
+            )
+        return outcome
+
+    def _delete(self, env: Envelope, cls: type[Entity], staged: dict[Key, Staged]) -> Outcome:
+        live = self.memory.get(env.key)
+        if live is None or live.cls is not cls:
+            snapshot = self._snapshot(env.key)
+            version = snapshot.version if snapshot else 0
+            vsn = snapshot.vsn if snapshot else cls.__entity_options__.vsn
+            live = Live(cls, None, version, vsn, None)
+            self.memory.put(env.key, live)
+        fresh = cls.from_state(env.entity_id, None)
+        live.obj, live.encoded, live.frozen, live.deleted = fresh, fresh.encode_state(), None, True
+        st = _stage(staged, env.key, live)
+        st.changed = st.strict = True
+        st.alarms.clear()
+        st.processed.append(
+            Processed(env.task_id, env.entity_type, env.entity_id, self.partition, True, None)
+        )
+        return Outcome(env.task_id, True, None, silent=env.silent)
+
+    # -- alarms -----------------------------------------------------------------
+
+    def _alarm(self, env: Envelope, staged: dict[Key, Staged]) -> Outcome:
+        """Fires one alarm scheduling, once: only if it is still the current scheduling."""
+        try:
+            name, scheduling_id, attempt = env.args
+            if not (isinstance(name, str) and isinstance(scheduling_id, str)
+                    and isinstance(attempt, int)):
+                raise ValueError
+        except (TypeError, ValueError):
+            return Outcome.failure(
+                env.task_id, BadMessage("an alarm message takes [name, scheduling_id, attempt]"),
+                env.silent,
+            )
+        key = env.key
+        done = AlarmOutcome(env.entity_type, env.entity_id, name, scheduling_id)
+        alarm = self.store.get_alarm(env.entity_type, env.entity_id, name)
+        if (alarm is None or alarm.scheduling_id != scheduling_id or alarm.attempts != attempt
+                or alarm.status != "scheduled"):
+            return Outcome(env.task_id, True, None, silent=True)  # cancelled, replaced or done
+        try:
+            cls = registry.lookup(env.entity_type)
+        except Exception as exc:
+            log.error("alarm %r of %s %r removed: %s", name, *key, exc)
+            _stage(staged, key, None).alarm_outcomes.append(done)
+            return Outcome.failure(env.task_id, exc, True)
+        if cls.handle_alarm is Entity.handle_alarm:
+            log.error("alarm %r of %s %r removed: %s defines no handle_alarm", name, *key,
+                      cls.__qualname__)
+            _stage(staged, key, None).alarm_outcomes.append(done)
+            return Outcome(env.task_id, True, None, silent=True)
+
+        def failed(exc: BaseException) -> None:
+            attempts = attempt + 1
+            retry_at = None
+            if attempts < self.settings.alarm_max_attempts:
+                delay = self.settings.alarm_retry_s * 2 ** (attempts - 1)
+                retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+            _stage(staged, key, None).alarm_outcomes.append(
+                dataclasses.replace(done, attempts=attempts,
+                                    error=f"{type(exc).__name__}: {exc}", retry_at=retry_at)
+            )
+
+        try:
+            live = self.activate(cls, key)
+        except Exception as exc:
+            failed(exc)
+            return Outcome.failure(env.task_id, exc, True)
+        payload = codec.decode(alarm.payload)
+        outcome = self._run(env, live, lambda obj: obj.handle_alarm(name, payload), staged,
+                            on_error=failed)
+        if outcome.ok:
+            st = _stage(staged, key, live)
+            st.alarm_outcomes.append(done)
+            st.strict = True
+            if not st.changed:
+                st.changed = True
+                st.processed.append(Processed(env.task_id, env.entity_type, env.entity_id,
+                                              self.partition, True, None))
+        return outcome
+
+
+def _stage(staged: dict[Key, Staged], key: Key, live: Live | None) -> Staged:
+    st = staged.get(key)
+    if st is None:
+        st = staged[key] = Staged(live)
+    elif st.live is None and live is not None:
+        st.live = live
+    return st
+
+
+def _check_size(env: Envelope, encoded: dict[str, Any], limit: int) -> None:
+    import json
+
+    size = len(json.dumps(encoded, separators=(",", ":")))
+    if size > limit:
+        raise StateError(
+            f"{env.entity_type} {env.entity_id!r}: encoded state is {size} bytes, more than "
+            f"{limit} (ENTITIES_MAX_STATE_BYTES)"
+        )
+
+
+def upgrade(cls: type[Entity], snapshot: Snapshot) -> dict[str, Any]:
+    """Brings a stored state to the class's vsn, calling ``upgrade`` once per step (n -> n+1)."""
+    target = cls.__entity_options__.vsn
+    name = f"{snapshot.entity_type} {snapshot.entity_id!r}"
+    if snapshot.vsn > target:
+        raise UpgradeError(
+            f"{name}: stored vsn {snapshot.vsn} is newer than class vsn {target}; "
+            "deploy the newer code"
+        )
+    state = snapshot.state
+    for vsn in range(snapshot.vsn, target):
+        try:
+            state = cls.upgrade(vsn, state)
+        except UpgradeError as exc:
+            raise UpgradeError(f"{name}: {exc}") from exc
+        except Exception as exc:
+            raise UpgradeError(
+                f"{name}: upgrade from stored vsn {snapshot.vsn} to class vsn {target} failed "
+                f"at step {vsn} -> {vsn + 1}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(state, dict):
+            raise UpgradeError(f"{name}: upgrade from vsn {vsn} returned {type(state).__name__}")
+    return state
