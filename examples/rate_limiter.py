@@ -26,7 +26,9 @@ class RateLimiter(Entity, name="rate_limiter"):
     def acquire(self, cost: float = 1.0) -> bool:
         now = time.time()
         if self.updated_at:
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated_at) * self.rate_per_s)
+            self.tokens = min(
+                self.capacity, self.tokens + (now - self.updated_at) * self.rate_per_s
+            )
         self.updated_at = now
         if self.tokens >= cost:
             self.tokens -= cost
