@@ -250,12 +250,16 @@ class Entity:
 
     @classmethod
     def upgrade(cls, from_vsn: int, state: dict[str, Any]) -> dict[str, Any]:
-        """Brings a stored state of an older ``vsn`` to the class's vsn; override it."""
+        """Returns ``state`` (stored at ``from_vsn``) in the shape of vsn ``from_vsn + 1``.
+
+        Called once per step, on load, for snapshots older than the class's vsn;
+        override it when you raise ``vsn``. The default refuses.
+        """
         from entities.errors import UpgradeError
 
         raise UpgradeError(
-            f"{cls.__entity_name__}: stored vsn {from_vsn} is older than class vsn "
-            f"{cls.__entity_options__.vsn} and the class defines no upgrade()"
+            f"{cls.__qualname__} defines no upgrade() from vsn {from_vsn} "
+            f"(class vsn {cls.__entity_options__.vsn})"
         )
 
     # -- used by the runtime ----------------------------------------------------

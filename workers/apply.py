@@ -15,10 +15,11 @@ import uuid
 from typing import Any
 
 from entities import codec, registry
-from entities.errors import BadMessage, StateError, UpgradeError
+from entities.errors import BadMessage, StateError
 from entities.messages import OP_ALARM, OP_DELETE, Envelope
 from entities.model import Entity
 from entities.settings import Settings
+from entities.upgrades import upgrade_state
 from entities.store import (
     AlarmChange,
     AlarmOutcome,
@@ -126,7 +127,7 @@ class Applier:
             obj = cls.from_state(key[1], None)
             live = Live(cls, obj, 0, class_vsn, obj.encode_state())
         else:
-            state = upgrade(cls, snapshot)
+            state = upgrade_state(cls, snapshot)
             obj = cls.from_state(key[1], state)
             encoded = snapshot.state if snapshot.vsn == class_vsn else obj.encode_state()
             live = Live(cls, obj, snapshot.version, snapshot.vsn, encoded)
@@ -274,28 +275,3 @@ def _check_size(env: Envelope, encoded: dict[str, Any], limit: int) -> None:
             f"{env.entity_type} {env.entity_id!r}: encoded state is {size} bytes, more than "
             f"{limit} (ENTITIES_MAX_STATE_BYTES)"
         )
-
-
-def upgrade(cls: type[Entity], snapshot: Snapshot) -> dict[str, Any]:
-    """Brings a stored state to the class's vsn, calling ``upgrade`` once per step (n -> n+1)."""
-    target = cls.__entity_options__.vsn
-    name = f"{snapshot.entity_type} {snapshot.entity_id!r}"
-    if snapshot.vsn > target:
-        raise UpgradeError(
-            f"{name}: stored vsn {snapshot.vsn} is newer than class vsn {target}; "
-            "deploy the newer code"
-        )
-    state = snapshot.state
-    for vsn in range(snapshot.vsn, target):
-        try:
-            state = cls.upgrade(vsn, state)
-        except UpgradeError as exc:
-            raise UpgradeError(f"{name}: {exc}") from exc
-        except Exception as exc:
-            raise UpgradeError(
-                f"{name}: upgrade from stored vsn {snapshot.vsn} to class vsn {target} failed "
-                f"at step {vsn} -> {vsn + 1}: {type(exc).__name__}: {exc}"
-            ) from exc
-        if not isinstance(state, dict):
-            raise UpgradeError(f"{name}: upgrade from vsn {vsn} returned {type(state).__name__}")
-    return state
