@@ -73,8 +73,8 @@ def rewrite_snapshots(
         after = ids[-1]
         snapshots = store.load_many((name, i) for i in ids)
         for snapshot in snapshots.values():
-            if snapshot.vsn >= target:
-                continue
+            if snapshot.vsn == target:
+                continue  # current; a newer vsn raises in upgrade_state
             obj = cls.from_state(snapshot.entity_id, upgrade_state(cls, snapshot))
             write = Write(name, snapshot.entity_id, snapshot.version, target, obj.encode_state())
             try:
