@@ -35,10 +35,10 @@ def route_task(
     if name != TASK_NAME:
         return None
     call = list(args or ())
-    entity_type = call[0] if call else (kwargs or {}).get("entity_type")
-    entity_id = call[1] if len(call) > 1 else (kwargs or {}).get("entity_id")
-    validate_id("entity type", entity_type)
-    validate_id("entity id", entity_id)
+    entity_type = validate_id("entity type", call[0] if call else (kwargs or {}).get("entity_type"))
+    entity_id = validate_id(
+        "entity id", call[1] if len(call) > 1 else (kwargs or {}).get("entity_id")
+    )
     settings = get_settings()
     return {"queue": partition_queue(partition_for(entity_type, entity_id, settings.partitions))}
 

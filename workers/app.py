@@ -15,7 +15,7 @@ app = Celery("entities")
 app.config_from_object("celeryconfig")
 
 
-class PartitionStep(bootsteps.StartStopStep):
+class PartitionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
     """Runs the partition service inside `celery -A workers worker` (after the pool starts)."""
 
     requires = ("celery.worker.components:Pool",)

@@ -104,7 +104,7 @@ class PartitionQueues:
         """Gives the lease up if it is still ours."""
         self._release(keys=[lease_key(partition)], args=[token])
 
-    def holders(self, partitions: range) -> dict[int, bytes | None]:
+    def holders(self, partitions: range) -> dict[int, bytes | str | None]:
         """The current lease token of each partition (None: free)."""
         values = self.client.mget([lease_key(p) for p in partitions])
         return dict(zip(partitions, values, strict=True))
@@ -122,13 +122,19 @@ class PartitionQueues:
 
     def ack(self, partition: int, token: str, n: int) -> bool:
         """Acknowledges the ``n`` oldest in-flight messages; False if the lease is lost."""
-        return int(self._ack(keys=[inflight_key(partition), lease_key(partition)],
-                             args=[token, n])) >= 0
+        return (
+            int(self._ack(keys=[inflight_key(partition), lease_key(partition)], args=[token, n]))
+            >= 0
+        )
 
     def wait(self, partition: int, timeout_s: float) -> None:
         """Blocks until a message arrives (moving it in flight) or ``timeout_s`` passes."""
         self.client.blmove(
-            queue_name(partition), inflight_key(partition), timeout_s, "RIGHT", "LEFT"
+            queue_name(partition),
+            inflight_key(partition),
+            timeout_s,  # type: ignore[arg-type]  # redis-py takes float seconds; typed as int
+            "RIGHT",
+            "LEFT",
         )
 
     def depth(self, partition: int) -> tuple[int, int]:

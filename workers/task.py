@@ -18,9 +18,12 @@ from entities.routing import TASK_NAME
 from workers.app import app
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True)
+@app.task(name=TASK_NAME, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def send_to_entity(
-    self: Any, entity_type: str, entity_id: str, msg: dict[str, Any],
+    self: Any,
+    entity_type: str,
+    entity_id: str,
+    msg: dict[str, Any],
     durability: str | None = None,
 ) -> Any:
     """Sends ``msg`` to entity (``entity_type``, ``entity_id``); the result is its reply."""
