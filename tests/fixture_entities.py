@@ -1,4 +1,7 @@
-"""Entity classes the integration tests send messages to (ENTITIES_MODULES=tests.fixture_entities)."""
+"""Entity classes the integration tests send messages to.
+
+Workers load them through ENTITIES_MODULES=tests.fixture_entities.
+"""
 
 from __future__ import annotations
 

@@ -34,8 +34,9 @@ class IntervalCounter(Entity, name="interval_counter", durability="interval", fl
         return self.count
 
 
-class SlowFlushCounter(Entity, name="slow_flush_counter", durability="interval",
-                       flush_interval=3600):
+class SlowFlushCounter(
+    Entity, name="slow_flush_counter", durability="interval", flush_interval=3600
+):
     count: int = 0
 
     @handler

@@ -29,7 +29,9 @@ class Tagged(Entity, name="test_rewrite_tagged", vsn=3):
 
 
 def put(store, entity_id: str, vsn: int, state: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
-    store.commit(CommitBatch(-1, None, writes=[Write(Tagged.__entity_name__, entity_id, 0, vsn, state)]))
+    store.commit(
+        CommitBatch(-1, None, writes=[Write(Tagged.__entity_name__, entity_id, 0, vsn, state)])
+    )
 
 
 def test_every_old_snapshot_is_rewritten_step_by_step_with_progress(store) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,6 @@ from entities.errors import BadMessage, StateError
 from entities.messages import OP_ALARM, OP_DELETE, Envelope
 from entities.model import Entity
 from entities.settings import Settings
-from entities.upgrades import upgrade_state
 from entities.store import (
     AlarmChange,
     AlarmOutcome,
@@ -28,6 +27,7 @@ from entities.store import (
     Snapshot,
     Store,
 )
+from entities.upgrades import upgrade_state
 from workers.memory import EntityMemory, Key, Live
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ class Applier:
     def prefetch(self, envelopes: list[Envelope]) -> None:
         """Loads, in one round trip, the snapshots of the batch's entities not in memory."""
         missing = {
-            e.key for e in envelopes
+            e.key
+            for e in envelopes
             if e.error is None and e.bad is None and e.key not in self.memory
         }
         self._prefetched = missing
@@ -138,7 +139,11 @@ class Applier:
     # -- running code of the entity -------------------------------------------------
 
     def _run(
-        self, env: Envelope, live: Live, call: Any, staged: dict[Key, Staged],
+        self,
+        env: Envelope,
+        live: Live,
+        call: Any,
+        staged: dict[Key, Staged],
         on_error: Any = None,
     ) -> Outcome:
         obj = live.wake(env.entity_id)
@@ -172,8 +177,9 @@ class Applier:
             )
         for send in sends:
             st.outbox.append(
-                OutboxMessage(uuid.uuid4().hex, self.partition, send.entity_type,
-                              send.entity_id, send.msg)
+                OutboxMessage(
+                    uuid.uuid4().hex, self.partition, send.entity_type, send.entity_id, send.msg
+                )
             )
         return outcome
 
@@ -201,19 +207,27 @@ class Applier:
         """Fires one alarm scheduling, once: only if it is still the current scheduling."""
         try:
             name, scheduling_id, attempt = env.args
-            if not (isinstance(name, str) and isinstance(scheduling_id, str)
-                    and isinstance(attempt, int)):
+            if not (
+                isinstance(name, str)
+                and isinstance(scheduling_id, str)
+                and isinstance(attempt, int)
+            ):
                 raise ValueError
         except (TypeError, ValueError):
             return Outcome.failure(
-                env.task_id, BadMessage("an alarm message takes [name, scheduling_id, attempt]"),
+                env.task_id,
+                BadMessage("an alarm message takes [name, scheduling_id, attempt]"),
                 env.silent,
             )
         key = env.key
         done = AlarmOutcome(env.entity_type, env.entity_id, name, scheduling_id)
         alarm = self.store.get_alarm(env.entity_type, env.entity_id, name)
-        if (alarm is None or alarm.scheduling_id != scheduling_id or alarm.attempts != attempt
-                or alarm.status != "scheduled"):
+        if (
+            alarm is None
+            or alarm.scheduling_id != scheduling_id
+            or alarm.attempts != attempt
+            or alarm.status != "scheduled"
+        ):
             return Outcome(env.task_id, True, None, silent=True)  # cancelled, replaced or done
         try:
             cls = registry.lookup(env.entity_type)
@@ -222,8 +236,12 @@ class Applier:
             _stage(staged, key, None).alarm_outcomes.append(done)
             return Outcome.failure(env.task_id, exc, True)
         if cls.handle_alarm is Entity.handle_alarm:
-            log.error("alarm %r of %s %r removed: %s defines no handle_alarm", name, *key,
-                      cls.__qualname__)
+            log.error(
+                "alarm %r of %s %r removed: %s defines no handle_alarm",
+                name,
+                *key,
+                cls.__qualname__,
+            )
             _stage(staged, key, None).alarm_outcomes.append(done)
             return Outcome(env.task_id, True, None, silent=True)
 
@@ -234,8 +252,9 @@ class Applier:
                 delay = self.settings.alarm_retry_s * 2 ** (attempts - 1)
                 retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
             _stage(staged, key, None).alarm_outcomes.append(
-                dataclasses.replace(done, attempts=attempts,
-                                    error=f"{type(exc).__name__}: {exc}", retry_at=retry_at)
+                dataclasses.replace(
+                    done, attempts=attempts, error=f"{type(exc).__name__}: {exc}", retry_at=retry_at
+                )
             )
 
         try:
@@ -244,16 +263,20 @@ class Applier:
             failed(exc)
             return Outcome.failure(env.task_id, exc, True)
         payload = codec.decode(alarm.payload)
-        outcome = self._run(env, live, lambda obj: obj.handle_alarm(name, payload), staged,
-                            on_error=failed)
+        outcome = self._run(
+            env, live, lambda obj: obj.handle_alarm(name, payload), staged, on_error=failed
+        )
         if outcome.ok:
             st = _stage(staged, key, live)
             st.alarm_outcomes.append(done)
             st.strict = True
             if not st.changed:
                 st.changed = True
-                st.processed.append(Processed(env.task_id, env.entity_type, env.entity_id,
-                                              self.partition, True, None))
+                st.processed.append(
+                    Processed(
+                        env.task_id, env.entity_type, env.entity_id, self.partition, True, None
+                    )
+                )
         return outcome
 
 

@@ -25,11 +25,23 @@ class Live:
     """One entity in memory: its live object (or frozen snapshot) and committed version."""
 
     __slots__ = (
-        "cls", "deleted", "dirty_since", "encoded", "frozen", "last_used", "obj", "version", "vsn",
+        "cls",
+        "deleted",
+        "dirty_since",
+        "encoded",
+        "frozen",
+        "last_used",
+        "obj",
+        "version",
+        "vsn",
     )
 
     def __init__(
-        self, cls: type[Entity], obj: Entity | None, version: int, vsn: int,
+        self,
+        cls: type[Entity],
+        obj: Entity | None,
+        version: int,
+        vsn: int,
         encoded: dict[str, Any] | None,
     ) -> None:
         self.cls = cls

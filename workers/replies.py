@@ -41,7 +41,9 @@ class ReplyWriter:
         with self._redis.pipeline(transaction=False) as pipe:
             for task_id, value, state in items:
                 meta = backend._get_result_meta(
-                    result=backend.encode_result(value, state), state=state, traceback=None,
+                    result=backend.encode_result(value, state),
+                    state=state,
+                    traceback=None,
                     request=None,
                 )
                 meta["task_id"] = task_id
