@@ -10,7 +10,13 @@ never be mistaken for a tag. Dataclasses are stored as plain objects and
 rebuilt from the field's type annotation, so nothing stored names a module.
 
 Anything else is refused with a :class:`~entities.errors.StateError` that
-names the field path and the value's type.
+names the field path and the value's type. So are values every backend cannot
+hold exactly: strings (and keys) with a NUL character or a lone surrogate,
+which Postgres refuses, and ints too long for a JSON parser to read back.
+
+Postgres stores JSON numbers as ``numeric`` and prints large floats without an
+exponent (``1e16`` comes back as the int ``10000000000000000``), so a value
+annotated ``float`` is rebuilt as a float from an int.
 """
 
 from __future__ import annotations
@@ -29,6 +35,49 @@ from entities.errors import StateError
 JSON = Any  # a value made only of None, bool, int, float, str, list and dict
 
 _TAGS = ("$datetime", "$date", "$decimal", "$uuid", "$map")
+
+#: Longest int stored, in bits (about 3,900 digits): CPython's JSON parser refuses
+#: ints of more than 4,300 digits, so a longer one could be written but never read.
+MAX_INT_BITS = 13_000
+
+
+def check_text(value: str, path: str, what: str = "str") -> None:
+    """Raises StateError unless ``value`` is text every backend stores exactly."""
+    if "\x00" in value:
+        raise StateError(
+            f"{path}: {what} contains a NUL character (\\x00), which the state store "
+            "(Postgres) cannot hold"
+        )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StateError(
+                f"{path}: {what} contains a lone surrogate and is not valid Unicode text"
+            ) from None
+
+
+def check_json(value: Any, path: str) -> None:
+    """Raises StateError unless ``value`` is plain JSON (as messages must be) a store can hold."""
+    kind = type(value)
+    if value is None or kind is bool:
+        return
+    if kind is int or kind is float or kind is str:
+        encode(value, Any, path)
+    elif kind is list:
+        for i, v in enumerate(value):
+            check_json(v, f"{path}[{i}]")
+    elif kind is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise StateError(f"{path}: dict key {k!r} is a {type(k).__name__}, not a str")
+            check_text(k, path, "dict key")
+            check_json(v, f"{path}[{k!r}]")
+    else:
+        raise StateError(
+            f"{path}: a value of type {kind.__name__} is not plain JSON; messages carry only "
+            "None, bool, int, float, str, lists and dicts"
+        )
 
 
 def _dataclass_types(tp: Any) -> list[type]:
@@ -73,7 +122,17 @@ def _hints(cls: type) -> dict[str, Any]:
 def encode(value: Any, tp: Any = Any, path: str = "state") -> JSON:
     """Encodes ``value`` (annotated ``tp``) into JSON-native data; raises StateError."""
     kind = type(value)
-    if value is None or kind is bool or kind is int or kind is str:
+    if value is None or kind is bool:
+        return value
+    if kind is str:
+        check_text(value, path)
+        return value
+    if kind is int:
+        if value.bit_length() > MAX_INT_BITS:
+            raise StateError(
+                f"{path}: int of {value.bit_length()} bits is too large to store "
+                f"(the limit is {MAX_INT_BITS} bits, about 3,900 digits)"
+            )
         return value
     if kind is float:
         if not math.isfinite(value):
@@ -100,12 +159,14 @@ def encode(value: Any, tp: Any = Any, path: str = "state") -> JSON:
                 raise StateError(
                     f"{path}: dict key {k!r} is a {type(k).__name__}; only str keys can be stored"
                 )
+            check_text(k, path, "dict key")
             out[k] = encode(v, item, f"{path}[{k!r}]")
         if any(k.startswith("$") for k in out):
             return {"$map": out}
         return out
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if not any(issubclass(kind, c) for c in _dataclass_types(tp)):
+        # The exact class, not a subclass: decoding rebuilds the annotated class.
+        if kind not in _dataclass_types(tp):
             raise StateError(
                 f"{path}: dataclass {kind.__name__} is stored only where the field's type "
                 f"annotation names it (e.g. `{path.rsplit('.', 1)[-1]}: {kind.__name__}`)"
@@ -132,6 +193,8 @@ def _tuple_item(tp: Any, index: int, default: Any) -> Any:
 
 def decode(data: JSON, tp: Any = Any, path: str = "state") -> Any:
     """Rebuilds a value encoded by :func:`encode`, guided by its annotation ``tp``."""
+    if type(data) is int and _strip_optional(tp) is float:
+        return float(data)
     if data is None or isinstance(data, (bool, int, float, str)):
         return data
     if isinstance(data, list):
@@ -140,7 +203,7 @@ def decode(data: JSON, tp: Any = Any, path: str = "state") -> Any:
         return tuple(items) if typing.get_origin(_strip_optional(tp)) is tuple else items
     if isinstance(data, dict):
         if len(data) == 1:
-            (tag, raw), = data.items()
+            ((tag, raw),) = data.items()
             if tag in _TAGS:
                 return _decode_tag(tag, raw, tp, path)
         classes = _dataclass_types(tp)

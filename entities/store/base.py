@@ -81,7 +81,11 @@ class OutboxMessage:
 
 @dataclasses.dataclass(frozen=True)
 class DeadLetter:
-    """A message that could not be understood, kept with the reason."""
+    """A message that could not be understood, kept with the reason.
+
+    ``raw`` is the message as text (undecodable bytes and NUL characters become
+    U+FFFD, since Postgres text cannot hold NUL).
+    """
 
     queue: str
     reason: str

@@ -39,6 +39,10 @@ from entities.store.base import (
 
 T = TypeVar("T")
 
+#: Raised by drivers and JSON serializers, unwrapped, for values they cannot send
+#: (a lone surrogate in a str, a non-JSON object in a JSON column).
+_DRIVER_DATA_ERRORS = (UnicodeError, TypeError, ValueError)
+
 
 def utcnow() -> dt.datetime:
     """The current time, aware, in UTC."""
@@ -49,10 +53,27 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
+def _utc(value: dt.datetime) -> dt.datetime:
+    # SQLite keeps a datetime's wall time and drops its offset: store every time in UTC.
+    return _aware(value).astimezone(dt.UTC)
+
+
+def _text(value: str) -> str:
+    # Postgres text cannot hold NUL; a dead letter keeps the rest of what arrived.
+    return value.replace("\x00", "\ufffd")
+
+
 def _alarm(row: Any) -> Alarm:
     return Alarm(
-        row.entity_type, row.entity_id, row.name, _aware(row.fire_at), row.payload,
-        row.scheduling_id, row.attempts, row.status, row.last_error,
+        row.entity_type,
+        row.entity_id,
+        row.name,
+        _aware(row.fire_at),
+        row.payload,
+        row.scheduling_id,
+        row.attempts,
+        row.status,
+        row.last_error,
     )
 
 
@@ -77,9 +98,7 @@ def make_engine(url: str, pool_size: int = 8) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return sa.create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-    )
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 class SQLStore(Store):
@@ -107,6 +126,8 @@ class SQLStore(Store):
             raise FenceError(f"a concurrent writer got there first: {exc.orig}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"state store error: {exc}") from exc
+        except _DRIVER_DATA_ERRORS as exc:
+            raise StoreError(f"the state store cannot take this data: {exc}") from exc
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
         try:
@@ -114,6 +135,8 @@ class SQLStore(Store):
                 return fn(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"state store error: {exc}") from exc
+        except _DRIVER_DATA_ERRORS as exc:
+            raise StoreError(f"the state store cannot take this data: {exc}") from exc
 
     # -- schema and partitions ------------------------------------------------
 
@@ -185,7 +208,11 @@ class SQLStore(Store):
     @staticmethod
     def _snapshot(row: Any) -> Snapshot:
         return Snapshot(
-            row.entity_type, row.entity_id, row.version, row.vsn, row.state,
+            row.entity_type,
+            row.entity_id,
+            row.version,
+            row.vsn,
+            row.state,
             _aware(row.updated_at),
         )
 
@@ -228,7 +255,7 @@ class SQLStore(Store):
     def purge_processed(self, older_than: dt.datetime) -> int:
         with self._tx() as conn:
             result = conn.execute(
-                sa.delete(t.processed).where(t.processed.c.processed_at < older_than)
+                sa.delete(t.processed).where(t.processed.c.processed_at < _utc(older_than))
             )
         return int(result.rowcount or 0)
 
@@ -242,16 +269,21 @@ class SQLStore(Store):
             if batch.epoch is not None:
                 self._check_epoch(conn, batch.partition, batch.epoch)
             for w in batch.writes:
-                self._write(conn, w.entity_type, w.entity_id, w.expected_version, w.vsn,
-                            w.state, now)
+                self._write(
+                    conn, w.entity_type, w.entity_id, w.expected_version, w.vsn, w.state, now
+                )
             if batch.processed:
                 conn.execute(
                     sa.insert(t.processed),
                     [
                         {
-                            "message_id": p.message_id, "entity_type": p.entity_type,
-                            "entity_id": p.entity_id, "partition": p.partition, "ok": p.ok,
-                            "reply": p.reply, "processed_at": now,
+                            "message_id": p.message_id,
+                            "entity_type": p.entity_type,
+                            "entity_id": p.entity_id,
+                            "partition": p.partition,
+                            "ok": p.ok,
+                            "reply": p.reply,
+                            "processed_at": now,
                         }
                         for p in batch.processed
                     ],
@@ -266,9 +298,13 @@ class SQLStore(Store):
                     sa.insert(t.outbox),
                     [
                         {
-                            "message_id": m.message_id, "partition": m.partition,
-                            "seq": seq + i, "entity_type": m.entity_type,
-                            "entity_id": m.entity_id, "msg": m.msg, "created_at": now,
+                            "message_id": m.message_id,
+                            "partition": m.partition,
+                            "seq": seq + i,
+                            "entity_type": m.entity_type,
+                            "entity_id": m.entity_id,
+                            "msg": m.msg,
+                            "created_at": now,
                         }
                         for i, m in enumerate(batch.outbox)
                     ],
@@ -277,7 +313,12 @@ class SQLStore(Store):
                 conn.execute(
                     sa.insert(t.dead_letters),
                     [
-                        {"queue": d.queue, "reason": d.reason, "raw": d.raw, "created_at": now}
+                        {
+                            "queue": _text(d.queue),
+                            "reason": _text(d.reason),
+                            "raw": _text(d.raw),
+                            "created_at": now,
+                        }
                         for d in batch.dead_letters
                     ],
                 )
@@ -296,8 +337,14 @@ class SQLStore(Store):
             )
 
     def _write(
-        self, conn: Connection, etype: str, eid: str, expected: int, vsn: int,
-        state: dict[str, Any] | None, now: dt.datetime,
+        self,
+        conn: Connection,
+        etype: str,
+        eid: str,
+        expected: int,
+        vsn: int,
+        state: dict[str, Any] | None,
+        now: dt.datetime,
     ) -> None:
         s = t.snapshots.c
         key = (s.entity_type == etype) & (s.entity_id == eid)
@@ -349,16 +396,23 @@ class SQLStore(Store):
             conn.execute(sa.delete(t.alarms).where(key))
             return
         values = {
-            "fire_at": change.fire_at, "payload": change.payload,
-            "scheduling_id": uuid.uuid4().hex, "status": "scheduled", "attempts": 0,
-            "last_error": None, "dispatched_at": None,
+            "fire_at": _utc(change.fire_at),
+            "payload": change.payload,
+            "scheduling_id": uuid.uuid4().hex,
+            "status": "scheduled",
+            "attempts": 0,
+            "last_error": None,
+            "dispatched_at": None,
         }
         conn.execute(
             self._insert(t.alarms)
-            .values(entity_type=change.entity_type, entity_id=change.entity_id,
-                    name=change.name, **values)
-            .on_conflict_do_update(index_elements=["entity_type", "entity_id", "name"],
-                                   set_=values)
+            .values(
+                entity_type=change.entity_type,
+                entity_id=change.entity_id,
+                name=change.name,
+                **values,
+            )
+            .on_conflict_do_update(index_elements=["entity_type", "entity_id", "name"], set_=values)
         )
 
     def _alarm_outcome(self, conn: Connection, outcome: AlarmOutcome, now: dt.datetime) -> None:
@@ -377,9 +431,9 @@ class SQLStore(Store):
             .where(current)
             .values(
                 attempts=outcome.attempts,
-                last_error=outcome.error[:4000],
+                last_error=_text(outcome.error[:4000]),
                 status="scheduled" if outcome.retry_at is not None else "failed",
-                fire_at=outcome.retry_at if outcome.retry_at is not None else now,
+                fire_at=_utc(outcome.retry_at) if outcome.retry_at is not None else now,
                 dispatched_at=None,
             )
         )
@@ -440,9 +494,7 @@ class SQLStore(Store):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         query = sa.select(t.dead_letters).order_by(t.dead_letters.c.id.desc()).limit(limit)
         rows = self._read(lambda c: c.execute(query).all())
-        return [
-            DeadLetter(r.queue, r.reason, r.raw, r.id, _aware(r.created_at)) for r in rows
-        ]
+        return [DeadLetter(r.queue, r.reason, r.raw, r.id, _aware(r.created_at)) for r in rows]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,42 @@
+"""Throwaway databases for tests that need an empty or unmigrated one.
+
+Postgres databases are created next to the test database (same server and
+credentials, from ENTITIES_DATABASE_URL) and dropped afterwards; SQLite ones
+are files under a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+
+def _admin_url() -> sa.URL:
+    return sa.make_url(os.environ["ENTITIES_DATABASE_URL"]).set(database="postgres")
+
+
+@contextmanager
+def scratch_postgres(prefix: str = "entities_scratch") -> Iterator[str]:
+    """Yields the URL of a new, empty Postgres database, dropped on exit."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(_admin_url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield _admin_url().set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def sqlite_url(directory: Path, name: str = "entities.db") -> str:
+    """The SQLAlchemy URL of an SQLite file ``name`` in ``directory`` (not created yet)."""
+    return f"sqlite:///{directory / name}"

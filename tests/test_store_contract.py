@@ -1,0 +1,446 @@
+"""The Store contract: one test class, run against SQLStore on SQLite and on Postgres.
+
+Every guarantee in entities/store/base.py is exercised here against both
+backends; a backend that passes this class can serve workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from entities import ConfigurationError, Entity, FenceError, SchemaError, StoreError, field
+from entities.migrate import upgrade
+from entities.store import (
+    AlarmChange,
+    CommitBatch,
+    DeadLetter,
+    OutboxMessage,
+    Processed,
+    SQLStore,
+    Write,
+)
+from tests.databases import scratch_postgres, sqlite_url
+
+PARTITIONS = 16
+UTC = dt.UTC
+
+
+class Gauge(Entity, name="store-gauge"):
+    """An entity whose float field must survive the store as a float."""
+
+    reading: float = 0.0
+    samples: list[float] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated to head once per module, copied for every test."""
+    path = tmp_path_factory.mktemp("store") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[SQLStore]:
+    """A migrated store with the deployment's partitions recorded; empty of entities."""
+    if request.param == "sqlite":
+        path = tmp_path / "store.db"
+        shutil.copy(sqlite_template, path)
+        store = SQLStore(sqlite_url(tmp_path, "store.db"))
+    else:
+        store = SQLStore(os.environ["ENTITIES_DATABASE_URL"])
+    store.ensure_partitions(PARTITIONS)
+    yield store
+    store.close()
+
+
+def put(store: SQLStore, etype: str, eid: str, expected: int, state: dict[str, Any] | None) -> None:
+    """Commits one fenced write with no owner fence."""
+    store.commit(CommitBatch(0, None, writes=[Write(etype, eid, expected, 1, state)]))
+
+
+def processed(message_id: str, reply: Any = None, eid: str = "a") -> Processed:
+    return Processed(message_id, "t", eid, 0, True, reply)
+
+
+def at(seconds: float) -> dt.datetime:
+    return dt.datetime(2030, 1, 1, tzinfo=UTC) + dt.timedelta(seconds=seconds)
+
+
+class TestStoreContract:
+    """Given a Store (SQLite or Postgres), its documented guarantees hold."""
+
+    # -- schema and partitions --------------------------------------------------
+
+    def test_check_schema_passes_on_a_migrated_database(self, backend: SQLStore) -> None:
+        """Given a migrated database, when the schema is checked, then nothing is raised."""
+        backend.check_schema()
+
+    def test_ensure_partitions_records_the_count_and_refuses_another(
+        self, backend: SQLStore
+    ) -> None:
+        """Given a recorded count, then the same count is accepted and another is refused."""
+        backend.ensure_partitions(PARTITIONS)
+        assert sorted(backend.partition_owners()) == list(range(PARTITIONS))
+        with pytest.raises(ConfigurationError) as err:
+            backend.ensure_partitions(PARTITIONS + 1)
+        assert f"ENTITIES_PARTITIONS={PARTITIONS}" in str(err.value)
+        assert sorted(backend.partition_owners()) == list(range(PARTITIONS))
+
+    def test_claim_partition_bumps_the_epoch_and_records_the_owner(self, backend: SQLStore) -> None:
+        """Given a partition, when claimed twice, then each claim returns a higher epoch."""
+        first = backend.claim_partition(3, "worker-a")
+        second = backend.claim_partition(3, "worker-b")
+        assert second == first + 1
+        assert backend.partition_owners()[3] == (second, "worker-b")
+
+    def test_a_commit_with_a_stale_epoch_writes_nothing(self, backend: SQLStore) -> None:
+        """Given an owner whose partition was claimed again, then its commit is fenced off."""
+        old = backend.claim_partition(5, "old-owner")
+        new = backend.claim_partition(5, "new-owner")
+        batch = CommitBatch(
+            5,
+            old,
+            writes=[Write("t", "a", 0, 1, {"n": 1})],
+            processed=[processed("m1")],
+            dead_letters=[DeadLetter("q", "r", "raw")],
+        )
+        with pytest.raises(FenceError) as err:
+            backend.commit(batch)
+        assert err.value.stale_epoch is True
+        assert backend.load("t", "a") is None
+        assert backend.processed(["m1"]) == {}
+        assert backend.dead_letters() == []
+        backend.commit(CommitBatch(5, new, writes=[Write("t", "a", 0, 1, {"n": 1})]))
+        assert backend.load("t", "a").state == {"n": 1}
+
+    def test_check_schema_on_an_empty_sqlite_database_says_to_migrate(self, tmp_path: Path) -> None:
+        """Given an SQLite file with no tables, then SchemaError says to run `entities migrate`."""
+        store = SQLStore(sqlite_url(tmp_path, "empty.db"))
+        try:
+            with pytest.raises(SchemaError, match="entities migrate"):
+                store.check_schema()
+        finally:
+            store.close()
+
+    # -- snapshots and the version fence ------------------------------------------
+
+    def test_loading_an_absent_entity_gives_none(self, backend: SQLStore) -> None:
+        """Given no snapshot, then load is None and load_many omits it."""
+        assert backend.load("t", "nobody") is None
+        assert backend.load_many([("t", "nobody")]) == {}
+        assert backend.load_many([]) == {}
+
+    def test_insert_if_absent_creates_version_one_once(self, backend: SQLStore) -> None:
+        """Given a new entity, when inserted twice from version 0, then the second is fenced."""
+        put(backend, "t", "a", 0, {"n": 1})
+        snap = backend.load("t", "a")
+        assert (snap.version, snap.vsn, snap.state) == (1, 1, {"n": 1})
+        assert snap.updated_at.tzinfo is not None
+        with pytest.raises(FenceError):
+            put(backend, "t", "a", 0, {"n": 99})
+        assert backend.load("t", "a").state == {"n": 1}
+
+    def test_an_update_applies_only_at_the_expected_version(self, backend: SQLStore) -> None:
+        """Given version 2 stored, then an update from 2 wins and an update from 1 is fenced."""
+        put(backend, "t", "a", 0, {"n": 1})
+        put(backend, "t", "a", 1, {"n": 2})
+        with pytest.raises(FenceError):
+            put(backend, "t", "a", 1, {"n": 666})
+        put(backend, "t", "a", 2, {"n": 3})
+        snap = backend.load("t", "a")
+        assert (snap.version, snap.state) == (3, {"n": 3})
+
+    def test_a_fenced_batch_writes_nothing_at_all(self, backend: SQLStore) -> None:
+        """Given a batch with one stale write among good ones, then none of it is committed."""
+        put(backend, "t", "old", 0, {"n": 1})
+        put(backend, "t", "old", 1, {"n": 2})
+        batch = CommitBatch(
+            0,
+            None,
+            writes=[
+                Write("t", "new", 0, 1, {"n": 1}),
+                Write("t", "old", 1, 1, {"n": 666}),  # stale: stored version is 2
+            ],
+            processed=[processed("m1", 1, "new")],
+            alarms=[AlarmChange("t", "new", "al", at(1))],
+            outbox=[OutboxMessage("o1", 0, "t", "x", {"op": "ping"})],
+            dead_letters=[DeadLetter("q", "r", "raw")],
+        )
+        with pytest.raises(FenceError):
+            backend.commit(batch)
+        assert backend.load("t", "new") is None
+        assert backend.load("t", "old").state == {"n": 2}
+        assert backend.processed(["m1"]) == {}
+        assert backend.list_alarms("t", "new") == []
+        assert backend.pending_outbox(0) == []
+        assert backend.dead_letters() == []
+
+    def test_a_recorded_message_id_fences_the_whole_batch(self, backend: SQLStore) -> None:
+        """Given message m1 recorded, when a batch records m1 again, then nothing is written."""
+        backend.commit(CommitBatch(0, None, processed=[processed("m1", 1)]))
+        with pytest.raises(FenceError):
+            backend.commit(
+                CommitBatch(
+                    0,
+                    None,
+                    writes=[Write("t", "b", 0, 1, {"n": 1})],
+                    processed=[processed("m1", 2)],
+                )
+            )
+        assert backend.load("t", "b") is None
+        assert backend.processed(["m1"])["m1"].reply == 1
+
+    def test_concurrent_writers_from_one_version_let_exactly_one_win(
+        self, backend: SQLStore
+    ) -> None:
+        """Given eight writers updating from the same version at once, then exactly one commits."""
+        put(backend, "t", "hot", 0, {"n": 0})
+        results: list[str] = []
+        barrier = threading.Barrier(8)
+
+        def writer(i: int) -> None:
+            barrier.wait()
+            try:
+                put(backend, "t", "hot", 1, {"n": i})
+                results.append("won")
+            except FenceError:
+                results.append("fenced")
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert sorted(results) == ["fenced"] * 7 + ["won"]
+        assert backend.load("t", "hot").version == 2
+
+    def test_a_delete_is_fenced_and_removes_state_and_alarms(self, backend: SQLStore) -> None:
+        """Given version 2 with alarms, then a delete at 1 is fenced; one at 2 removes all."""
+        put(backend, "t", "a", 0, {"n": 1})
+        put(backend, "t", "a", 1, {"n": 2})
+        backend.set_alarm(AlarmChange("t", "a", "x", at(5)))
+        with pytest.raises(FenceError):
+            put(backend, "t", "a", 1, None)
+        assert backend.load("t", "a").version == 2
+        assert len(backend.list_alarms("t", "a")) == 1
+        put(backend, "t", "a", 2, None)
+        assert backend.load("t", "a") is None
+        assert backend.list_alarms("t", "a") == []
+        put(backend, "t", "a", 0, {"n": 1})  # starts again from version 1
+        assert backend.load("t", "a").version == 1
+
+    def test_deleting_a_never_stored_entity_removes_its_alarms(self, backend: SQLStore) -> None:
+        """Given alarms but no snapshot, when deleted from version 0, then the alarms go."""
+        backend.set_alarm(AlarmChange("t", "ghost", "x", at(5)))
+        put(backend, "t", "ghost", 0, None)
+        assert backend.list_alarms("t", "ghost") == []
+
+    def test_state_json_round_trips(self, backend: SQLStore) -> None:
+        """Given state with big ints, unicode, nesting and tags, then load gives it back."""
+        state = {
+            "big": 2**100,
+            "neg": -(2**70),
+            "f": 0.1,
+            "tiny": 5e-324,
+            "text": "ünïcødé ✓ 😀 \\ \" '",
+            "nested": {"$map": {"$k": [1, [2, [3]]], "z": None}},
+            "when": {"$datetime": "2026-01-01T00:00:00.000001+05:30"},
+            "empty": [{}, []],
+            "flags": [True, False],
+        }
+        put(backend, "t", "a", 0, state)
+        assert backend.load("t", "a").state == state
+
+    def test_a_float_field_comes_back_a_float(self, backend: SQLStore) -> None:
+        """Given a float field holding 1e16 (Postgres prints it as an int), it loads as float."""
+        gauge = Gauge.from_state("g", None)
+        gauge.reading = 1e16
+        gauge.samples = [1e20, 2.5]
+        put(backend, "store-gauge", "g", 0, gauge.encode_state())
+        back = Gauge.from_state("g", backend.load("store-gauge", "g").state)
+        assert type(back.reading) is float and back.reading == 1e16
+        assert [type(v) for v in back.samples] == [float, float]
+
+    def test_ids_are_listed_in_order_and_paged_with_after(self, backend: SQLStore) -> None:
+        """Given ids in mixed order and two types, then list_ids sorts, limits and pages."""
+        ids = ["b", "a", "a10", "a2", "B", "_x", "é", "c-1", "c"]
+        for eid in ids:
+            put(backend, "t", eid, 0, {})
+        put(backend, "other", "a0", 0, {})
+        expected = sorted(ids)
+        assert backend.list_ids("t") == expected
+        assert backend.list_ids("t", limit=3) == expected[:3]
+        assert backend.list_ids("t", limit=3, after=expected[2]) == expected[3:6]
+        assert backend.list_ids("t", after=expected[-1]) == []
+        assert backend.list_ids("t", after="a1") == [i for i in expected if i > "a1"]
+        assert backend.list_ids("nobody") == []
+
+    # -- processed messages ----------------------------------------------------------
+
+    def test_processed_records_are_looked_up_by_id(self, backend: SQLStore) -> None:
+        """Given recorded messages with replies, then processed() finds exactly those asked for."""
+        backend.commit(
+            CommitBatch(3, None, processed=[processed("m1", {"a": [1, 2]}), processed("m2", None)])
+        )
+        found = backend.processed(["m1", "m2", "m3"])
+        assert sorted(found) == ["m1", "m2"]
+        assert found["m1"] == Processed("m1", "t", "a", 0, True, {"a": [1, 2]})
+        assert found["m2"].reply is None
+        assert backend.processed([]) == {}
+
+    def test_purge_processed_removes_only_older_records(self, backend: SQLStore) -> None:
+        """Given a record made now, then purging before an hour ago keeps it; now+5 s drops it."""
+        backend.commit(CommitBatch(0, None, processed=[processed("m1")]))
+        now = dt.datetime.now(UTC)
+        assert backend.purge_processed(now - dt.timedelta(hours=1)) == 0
+        assert sorted(backend.processed(["m1"])) == ["m1"]
+        # The same instant written at another offset means the same thing.
+        later = (now + dt.timedelta(seconds=5)).astimezone(dt.timezone(dt.timedelta(hours=-8)))
+        assert backend.purge_processed(later) == 1
+        assert backend.processed(["m1"]) == {}
+
+    # -- alarms ------------------------------------------------------------------------
+
+    def test_alarms_are_set_replaced_cancelled_and_listed_by_fire_time(
+        self, backend: SQLStore
+    ) -> None:
+        """Given alarms scheduled out of order, then the list is by fire time, one per name."""
+        backend.set_alarm(AlarmChange("t", "a", "late", at(30), {"n": 1}))
+        backend.set_alarm(AlarmChange("t", "a", "early", at(10)))
+        backend.set_alarm(AlarmChange("t", "b", "other", at(1)))
+        assert [a.name for a in backend.list_alarms("t", "a")] == ["early", "late"]
+        late = backend.list_alarms("t", "a")[1]
+        assert (late.fire_at, late.payload) == (at(30), {"n": 1})
+
+        backend.set_alarm(AlarmChange("t", "a", "late", at(5), {"n": 2}))  # replaces
+        alarms = backend.list_alarms("t", "a")
+        assert [(a.name, a.fire_at, a.payload) for a in alarms] == [
+            ("late", at(5), {"n": 2}),
+            ("early", at(10), None),
+        ]
+        assert alarms[0].scheduling_id != late.scheduling_id
+
+        backend.set_alarm(AlarmChange("t", "a", "early", None))  # cancels
+        assert [a.name for a in backend.list_alarms("t", "a")] == ["late"]
+        backend.set_alarm(AlarmChange("t", "a", "never-set", None))  # cancelling nothing is fine
+        assert backend.cancel_all_alarms("t", "a") == 1
+        assert backend.list_alarms("t", "a") == []
+        assert [a.name for a in backend.list_alarms("t", "b")] == ["other"]
+
+    def test_alarm_times_keep_their_instant_whatever_the_offset(self, backend: SQLStore) -> None:
+        """Given fire times at +05:00 and -03:00, then they load as the same instants, in order."""
+        east = (at(100)).astimezone(dt.timezone(dt.timedelta(hours=5)))
+        west = (at(50)).astimezone(dt.timezone(dt.timedelta(hours=-3)))
+        backend.set_alarm(AlarmChange("t", "a", "east", east))
+        backend.set_alarm(AlarmChange("t", "a", "west", west))
+        alarms = backend.list_alarms("t", "a")
+        assert [(a.name, a.fire_at) for a in alarms] == [("west", at(50)), ("east", at(100))]
+        assert all(a.fire_at.utcoffset() == dt.timedelta(0) for a in alarms)
+
+    def test_alarm_changes_commit_with_the_batch(self, backend: SQLStore) -> None:
+        """Given a batch with alarm changes, then they apply with it (schedule, then cancel)."""
+        backend.commit(CommitBatch(0, None, alarms=[AlarmChange("t", "a", "x", at(1))]))
+        assert [a.name for a in backend.list_alarms("t", "a")] == ["x"]
+        backend.commit(CommitBatch(0, None, alarms=[AlarmChange("t", "a", "x", None)]))
+        assert backend.list_alarms("t", "a") == []
+
+    # -- outbox and dead letters --------------------------------------------------------
+
+    def test_outbox_is_pending_per_partition_in_order_until_forgotten(
+        self, backend: SQLStore
+    ) -> None:
+        """Given outbox messages of two partitions, then each sees its own, in commit order."""
+        backend.commit(
+            CommitBatch(
+                3,
+                None,
+                outbox=[
+                    OutboxMessage("o1", 3, "t", "x", {"op": "a"}),
+                    OutboxMessage("o2", 3, "t", "y", {"op": "b", "args": [1]}),
+                    OutboxMessage("o9", 4, "t", "z", {"op": "c"}),
+                ],
+            )
+        )
+        backend.commit(CommitBatch(3, None, outbox=[OutboxMessage("o3", 3, "t", "x", {"op": "d"})]))
+        assert [m.message_id for m in backend.pending_outbox(3)] == ["o1", "o2", "o3"]
+        assert backend.pending_outbox(3)[1].msg == {"op": "b", "args": [1]}
+        assert [m.message_id for m in backend.pending_outbox(3, limit=2)] == ["o1", "o2"]
+        assert [m.message_id for m in backend.pending_outbox(4)] == ["o9"]
+        backend.forget_outbox(["o1", "o3"])
+        backend.forget_outbox([])
+        assert [m.message_id for m in backend.pending_outbox(3)] == ["o2"]
+
+    def test_dead_letters_are_kept_newest_first_with_their_reason(self, backend: SQLStore) -> None:
+        """Given dead letters (one with NUL bytes), then they are listed newest first."""
+        backend.commit(CommitBatch(0, None, dead_letters=[DeadLetter("q0", "not json", "garbage")]))
+        backend.commit(
+            CommitBatch(1, None, dead_letters=[DeadLetter("q1", "bad\x00reason", "a\x00b\x00c")])
+        )
+        letters = backend.dead_letters()
+        assert [(d.queue, d.raw) for d in letters] == [("q1", "a\ufffdb\ufffdc"), ("q0", "garbage")]
+        assert letters[0].reason == "bad\ufffdreason"
+        assert letters[1].reason == "not json"
+        assert letters[0].id > letters[1].id
+        assert all(d.created_at is not None and d.created_at.tzinfo is not None for d in letters)
+        assert len(backend.dead_letters(limit=1)) == 1
+
+    # -- the error boundary ---------------------------------------------------------------
+
+    def test_data_a_driver_refuses_is_a_store_error(self, backend: SQLStore) -> None:
+        """Given values no backend can hold, then StoreError, never a driver exception."""
+        with pytest.raises(StoreError):
+            put(backend, "t", "a", 0, {"when": dt.datetime(2026, 1, 1)})  # not JSON
+        with pytest.raises(StoreError):
+            backend.load("t", "lone \ud800")
+        assert backend.load("t", "a") is None
+
+
+def test_check_schema_on_an_empty_postgres_database_says_to_migrate() -> None:
+    """Given an empty Postgres database, then SchemaError says to run `entities migrate`."""
+    with scratch_postgres() as url:
+        store = SQLStore(url)
+        try:
+            with pytest.raises(SchemaError) as err:
+                store.check_schema()
+        finally:
+            store.close()
+    assert "entities migrate" in str(err.value)
+    assert "has no entity schema" in str(err.value)
+
+
+def test_check_schema_on_an_older_revision_says_to_migrate(tmp_path: Path) -> None:
+    """Given a database stamped with another revision, then SchemaError names both revisions."""
+    url = sqlite_url(tmp_path)
+    upgrade(url)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0000_older'"))
+    engine.dispose()
+    store = SQLStore(url)
+    try:
+        with pytest.raises(SchemaError, match=r"0000_older.*entities migrate"):
+            store.check_schema()
+    finally:
+        store.close()
+
+
+def test_an_unreachable_database_is_a_store_error() -> None:
+    """Given a Postgres URL where nothing listens, then a read raises StoreError."""
+    store = SQLStore("postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=2")
+    try:
+        with pytest.raises(StoreError):
+            store.load("t", "a")
+    finally:
+        store.close()
