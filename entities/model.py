@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from entities import codec, registry
+from entities import clock, codec, registry
 from entities.errors import BadMessage, DefinitionError, StateError, UnknownHandler
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class StagedSend:
 
 def fire_time(delay: Delay, now: dt.datetime | None = None) -> dt.datetime:
     """The aware UTC time an alarm fires, from seconds, a timedelta or an aware datetime."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or clock.now()
     if isinstance(delay, dt.datetime):
         if delay.tzinfo is None:
             raise BadMessage("an alarm time must be an aware datetime (with tzinfo)")

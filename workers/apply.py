@@ -14,7 +14,7 @@ import logging
 import uuid
 from typing import Any
 
-from entities import codec, registry
+from entities import clock, codec, registry
 from entities.errors import BadMessage, StateError
 from entities.messages import OP_ALARM, OP_DELETE, Envelope
 from entities.model import Entity
@@ -250,7 +250,7 @@ class Applier:
             retry_at = None
             if attempts < self.settings.alarm_max_attempts:
                 delay = self.settings.alarm_retry_s * 2 ** (attempts - 1)
-                retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+                retry_at = clock.now() + dt.timedelta(seconds=delay)
             _stage(staged, key, None).alarm_outcomes.append(
                 dataclasses.replace(
                     done, attempts=attempts, error=f"{type(exc).__name__}: {exc}", retry_at=retry_at

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from entities import clock
 from entities.errors import ConfigurationError, FenceError, SchemaError, StoreError
 from entities.store import schema as t
 from entities.store.base import (
@@ -45,8 +46,8 @@ _DRIVER_DATA_ERRORS = (UnicodeError, TypeError, ValueError)
 
 
 def utcnow() -> dt.datetime:
-    """The current time, aware, in UTC."""
-    return dt.datetime.now(dt.UTC)
+    """The current time, aware, in UTC (the runtime's clock, virtual under the test kit)."""
+    return clock.now()
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
