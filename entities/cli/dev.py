@@ -10,6 +10,7 @@ continues where this one stopped.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shlex
@@ -121,10 +122,15 @@ def _banner(env: dict[str, str], beat: bool) -> None:
 
 
 def _stop(home: Path, started: list[str]) -> None:
+    stopped = []
     if "redis" in started and embedded.stop_redis(home):
-        click.echo("stopped the embedded redis-server")
+        stopped.append("redis-server")
     if "postgres" in started and embedded.stop_postgres(home):
-        click.echo("stopped the embedded PostgreSQL")
+        stopped.append("PostgreSQL")
+    if stopped:
+        # Stop first, then say so: the terminal may already be gone.
+        with contextlib.suppress(OSError):
+            click.echo(f"stopped the embedded {' and '.join(stopped)}; data kept in {home}")
 
 
 @click.command()
