@@ -8,9 +8,11 @@ from entities.client import (
     cancel_alarm,
     cancel_all_alarms,
     delete,
+    failed_alarms,
     list_alarms,
     list_entities,
     read,
+    retry_alarm,
     schedule_alarm,
 )
 from entities.errors import (
@@ -29,7 +31,7 @@ from entities.errors import (
 )
 from entities.model import Entity, field, handler
 from entities.settings import Settings, configure, get_settings
-from entities.store import Snapshot
+from entities.store import Alarm, Snapshot
 
 __all__ = [
     # defining entities
@@ -44,6 +46,9 @@ __all__ = [
     "list_entities",
     "read",
     "schedule_alarm",
+    "failed_alarms",
+    "retry_alarm",
+    "Alarm",
     "Snapshot",
     # settings
     "Settings",

@@ -6,13 +6,13 @@ import datetime as dt
 import threading
 from typing import TYPE_CHECKING, Any
 
-from entities import registry
+from entities import clock, registry
 from entities.errors import UnknownHandler
 from entities.messages import OP_DELETE, validate_id
 from entities.model import Delay, _check_alarm_name, fire_time
 from entities.routing import TASK_NAME
 from entities.settings import get_settings
-from entities.store import AlarmChange, Snapshot, SQLStore, Store
+from entities.store import Alarm, AlarmChange, Snapshot, SQLStore, Store
 from entities.transport import client_app
 
 if TYPE_CHECKING:
@@ -39,11 +39,12 @@ def get_store() -> Store:
         return _store
 
 
-def set_store(store: Store | None) -> None:
-    """Installs ``store`` as the process-wide store (tests and embedding apps)."""
+def set_store(store: Store | None) -> Store | None:
+    """Installs ``store`` as the process-wide store (tests and embedding apps); returns the old."""
     global _store
     with _lock:
-        _store = store
+        previous, _store = _store, store
+    return previous
 
 
 def read(entity_type: str | type[Entity], entity_id: str) -> Snapshot | None:
@@ -118,9 +119,32 @@ def cancel_all_alarms(entity_type: str | type[Entity], entity_id: str) -> None:
 
 
 def list_alarms(entity_type: str | type[Entity], entity_id: str) -> list[tuple[str, dt.datetime]]:
-    """The entity's alarms as (name, fire time), ordered by fire time."""
+    """The entity's scheduled alarms as (name, fire time), ordered by fire time.
+
+    Alarms that will not fire by themselves are listed by :func:`failed_alarms`.
+    """
     alarms = get_store().list_alarms(registry.type_name(entity_type), entity_id)
-    return [(a.name, a.fire_at) for a in alarms]
+    return [(a.name, a.fire_at) for a in alarms if a.status == "scheduled"]
+
+
+def failed_alarms(entity_type: str | type[Entity] | None = None, limit: int = 100) -> list[Alarm]:
+    """Alarms kept unfired, oldest first: ``failed`` (their handler kept raising) or
+    ``skipped`` (the misfire policy); ``last_error`` says why. See :func:`retry_alarm`."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    name = None if entity_type is None else registry.type_name(entity_type)
+    return get_store().failed_alarms(name, limit)
+
+
+def retry_alarm(entity_type: str | type[Entity], entity_id: str, name: str) -> bool:
+    """Schedules a failed or skipped alarm again, to fire now, as a new scheduling.
+
+    The alarm keeps its payload and starts again with no attempts. Returns False
+    if the entity has no failed or skipped alarm ``name``.
+    """
+    _check_alarm_name(name)
+    again = get_store().retry_alarm(registry.type_name(entity_type), entity_id, name, clock.now())
+    return again is not None
 
 
 class HandlerCall:

@@ -17,6 +17,9 @@ from entities.errors import ConfigurationError
 #: Where the embedded default keeps its files (SQLite store, embedded Redis, logs).
 DEFAULT_HOME = ".entities"
 
+#: ENTITIES_ALARM_MISFIRE values, the default first (see Settings.alarm_misfire).
+MISFIRE_POLICIES = ("fire_once", "skip")
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -44,6 +47,19 @@ class Settings:
     it flushes relaxed entities anyway (10,000).
     ``alarm_max_attempts``: firings of a failing alarm before it is kept as failed (5).
     ``alarm_retry_s``: first retry delay of a failing alarm, doubled per attempt (1 s).
+    ``alarm_poll_s``: how often `celery -A workers beat` sends the alarm dispatch
+    task (0.25 s); an alarm fires about this late, plus queueing.
+    ``alarm_batch_size``: most due alarms one dispatch claims per transaction (500);
+    a dispatch claims batch after batch while they come back full.
+    ``alarm_redispatch_s``: how long a dispatched alarm may stay unfired before it
+    is dispatched again (30 s); covers a dispatch that died between its claim and
+    its publish. A second dispatch of one scheduling fires nothing twice.
+    ``alarm_misfire``: what a dispatch does with an alarm found late by more than
+    ``alarm_misfire_tolerance_s`` (after beat or the workers were down):
+    ``fire_once`` fires it once, late (the default); ``skip`` keeps it unfired with
+    status ``skipped`` and the reason, listed by ``entities.failed_alarms`` and
+    revived by ``entities.retry_alarm``.
+    ``alarm_misfire_tolerance_s``: lateness beyond which ``skip`` applies (60 s).
     """
 
     database_url: str
@@ -62,6 +78,11 @@ class Settings:
     max_unacked: int = 10_000
     alarm_max_attempts: int = 5
     alarm_retry_s: float = 1.0
+    alarm_poll_s: float = 0.25
+    alarm_batch_size: int = 500
+    alarm_redispatch_s: float = 30.0
+    alarm_misfire: str = "fire_once"
+    alarm_misfire_tolerance_s: float = 60.0
     home: str = DEFAULT_HOME
 
     @property
@@ -105,6 +126,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name) or choices[0]
+    if raw not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return raw
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Reads settings from ``env`` (default: ``os.environ``), applying the defaults."""
     env = os.environ if env is None else env
@@ -131,6 +159,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_unacked=_int(env, "ENTITIES_MAX_UNACKED", 10_000),
         alarm_max_attempts=_int(env, "ENTITIES_ALARM_MAX_ATTEMPTS", 5),
         alarm_retry_s=_float(env, "ENTITIES_ALARM_RETRY", 1.0),
+        alarm_poll_s=_float(env, "ENTITIES_ALARM_POLL", 0.25),
+        alarm_batch_size=_int(env, "ENTITIES_ALARM_BATCH", 500),
+        alarm_redispatch_s=_float(env, "ENTITIES_ALARM_REDISPATCH", 30.0),
+        alarm_misfire=_choice(env, "ENTITIES_ALARM_MISFIRE", MISFIRE_POLICIES),
+        alarm_misfire_tolerance_s=_float(env, "ENTITIES_ALARM_MISFIRE_TOLERANCE", 60.0),
         home=home,
     )
 

@@ -18,6 +18,9 @@ from entities.messages import validate_id
 from entities.routing import TASK_NAME, partition_for, queue_name
 from entities.settings import Settings, get_settings
 
+#: The Celery task that claims due alarms and sends them to their entities.
+DISPATCH_ALARMS_TASK = "entities.dispatch_alarms"
+
 _lock = threading.Lock()
 _client_app: Any = None
 
@@ -65,6 +68,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "result_backend_always_retry": True,
         "result_backend_max_retries": 10,
+        # Alarm dispatch: `celery -A workers beat` sends the task every alarm_poll_s;
+        # an unconsumed one expires soon, so a beat running while the workers are down
+        # leaves no backlog of dispatches to run. Workers import the task's module.
+        "imports": ("workers.alarms",),
+        "beat_schedule": {
+            "entities-dispatch-alarms": {
+                "task": DISPATCH_ALARMS_TASK,
+                "schedule": settings.alarm_poll_s,
+                "options": {"expires": max(1.0, 4 * settings.alarm_poll_s)},
+            }
+        },
     }
 
 

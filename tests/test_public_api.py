@@ -34,6 +34,9 @@ ENTITIES_API = {
     "list_entities",
     "read",
     "schedule_alarm",
+    "failed_alarms",
+    "retry_alarm",
+    "Alarm",
     "Snapshot",
     # settings
     "Settings",

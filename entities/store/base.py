@@ -99,7 +99,9 @@ class Alarm:
     """A scheduled alarm as stored.
 
     ``scheduling_id`` changes with every (re)scheduling; ``attempts`` counts
-    failed firings of this scheduling; ``status`` is ``scheduled`` or ``failed``.
+    failed firings of this scheduling; ``status`` is ``scheduled``, ``failed``
+    (attempts exhausted; ``last_error`` says why) or ``skipped`` (not fired under
+    the ``skip`` misfire policy; ``last_error`` says why).
     """
 
     entity_type: str
@@ -232,6 +234,40 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_alarms(self, entity_type: str, entity_id: str) -> list[Alarm]:
         """The entity's alarms, ordered by fire time."""
+
+    @abc.abstractmethod
+    def claim_due_alarms(
+        self,
+        now: dt.datetime,
+        limit: int,
+        redispatch_after_s: float,
+        skip_before: dt.datetime | None = None,
+    ) -> list[Alarm]:
+        """Claims up to ``limit`` due alarms for one dispatch, earliest first.
+
+        Due: status ``scheduled``, ``fire_at <= now``, and not dispatched after
+        ``now - redispatch_after_s``. Claiming marks them dispatched at ``now`` in
+        one transaction, so concurrent claimers never get the same alarm within
+        that window (on Postgres they skip each other's locked rows rather than
+        wait). An alarm due before ``skip_before`` is set to status ``skipped``
+        with the reason instead. Returns the claimed alarms (status
+        ``scheduled``) and the skipped ones (status ``skipped``).
+        """
+
+    @abc.abstractmethod
+    def failed_alarms(self, entity_type: str | None = None, limit: int = 100) -> list[Alarm]:
+        """Alarms that will not fire by themselves (``failed`` or ``skipped``), oldest first."""
+
+    @abc.abstractmethod
+    def retry_alarm(
+        self, entity_type: str, entity_id: str, name: str, fire_at: dt.datetime
+    ) -> Alarm | None:
+        """Schedules a failed or skipped alarm again, at ``fire_at``; returns it, or None.
+
+        The alarm keeps its payload and becomes a new scheduling (a new
+        ``scheduling_id``, attempts 0); None if the entity has no failed or
+        skipped alarm of that name.
+        """
 
     @abc.abstractmethod
     def pending_outbox(self, partition: int, limit: int = 500) -> list[OutboxMessage]:

@@ -9,6 +9,7 @@ commit of the old one. Driver errors become StoreError here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -469,6 +470,91 @@ class SQLStore(Store):
         )
         rows = self._read(lambda c: c.execute(query).all())
         return [_alarm(r) for r in rows]
+
+    def claim_due_alarms(
+        self,
+        now: dt.datetime,
+        limit: int,
+        redispatch_after_s: float,
+        skip_before: dt.datetime | None = None,
+    ) -> list[Alarm]:
+        a = t.alarms.c
+        now = _utc(now)
+        stale = now - dt.timedelta(seconds=redispatch_after_s)
+        due = (
+            sa.select(t.alarms)
+            .where(
+                (a.status == "scheduled")
+                & (a.fire_at <= now)
+                & (a.dispatched_at.is_(None) | (a.dispatched_at < stale))
+            )
+            .order_by(a.fire_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # no-op on SQLite, where writers queue
+        )
+        reason = None
+        if skip_before is not None:
+            reason = (
+                f"skipped: more than {(now - _utc(skip_before)).total_seconds():g} s late "
+                f"when dispatched at {now.isoformat()} (misfire policy skip)"
+            )
+        with self._tx() as conn:
+            alarms = [_alarm(r) for r in conn.execute(due).all()]
+            if skip_before is not None:
+                cutoff = _utc(skip_before)
+                alarms = [
+                    dataclasses.replace(x, status="skipped", last_error=reason)
+                    if x.fire_at < cutoff
+                    else x
+                    for x in alarms
+                ]
+            claimed = [x for x in alarms if x.status == "scheduled"]
+            late = [x for x in alarms if x.status == "skipped"]
+            self._mark(conn, claimed, dispatched_at=now)
+            self._mark(conn, late, dispatched_at=now, status="skipped", last_error=reason)
+        return alarms
+
+    @staticmethod
+    def _mark(conn: Connection, alarms: list[Alarm], **values: Any) -> None:
+        if alarms:
+            a = t.alarms.c
+            key = sa.tuple_(a.entity_type, a.entity_id, a.name)
+            keys = [(x.entity_type, x.entity_id, x.name) for x in alarms]
+            conn.execute(sa.update(t.alarms).where(key.in_(keys)).values(**values))
+
+    def failed_alarms(self, entity_type: str | None = None, limit: int = 100) -> list[Alarm]:
+        a = t.alarms.c
+        query = sa.select(t.alarms).where(a.status.in_(("failed", "skipped")))
+        if entity_type is not None:
+            query = query.where(a.entity_type == entity_type)
+        query = query.order_by(a.fire_at, a.entity_type, a.entity_id, a.name).limit(limit)
+        rows = self._read(lambda c: c.execute(query).all())
+        return [_alarm(r) for r in rows]
+
+    def retry_alarm(
+        self, entity_type: str, entity_id: str, name: str, fire_at: dt.datetime
+    ) -> Alarm | None:
+        a = t.alarms.c
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.update(t.alarms)
+                .where(
+                    (a.entity_type == entity_type)
+                    & (a.entity_id == entity_id)
+                    & (a.name == name)
+                    & a.status.in_(("failed", "skipped"))
+                )
+                .values(
+                    fire_at=_utc(fire_at),
+                    scheduling_id=uuid.uuid4().hex,
+                    status="scheduled",
+                    attempts=0,
+                    last_error=None,
+                    dispatched_at=None,
+                )
+                .returning(*t.alarms.c)
+            ).first()
+        return None if row is None else _alarm(row)
 
     # -- outbox and dead letters -------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""Alarm dispatch: the periodic task `celery -A workers beat` sends and any worker runs.
+
+Every ``alarm_poll_s`` (ENTITIES_ALARM_POLL, 0.25 s) beat sends
+``entities.dispatch_alarms``. The worker that takes it claims due alarms in
+batches, earliest first (``FOR UPDATE SKIP LOCKED`` on Postgres), commits the
+claim, then publishes one ``__alarm__`` message per alarm to its entity's
+partition. The entity fires the alarm only if the stored row is still that
+scheduling (same scheduling id, attempt count, status ``scheduled``) and
+removes it in the commit that holds the handler's effect. Hence:
+
+- a cancelled or replaced alarm never fires: its scheduling is gone;
+- a message sent twice (a second beat, a redispatch, a broker redelivery)
+  changes nothing the second time: its task id ``alarm-<scheduling>-<attempt>``
+  is a processed-message key, and the row is gone or changed after the first;
+- any number of beats and workers may run at once: claims skip each other.
+
+A dispatch that dies between its claim and its publish leaves alarms claimed
+but unsent; they are claimed again ``alarm_redispatch_s`` (30 s) later. A
+dispatch task that waited longer than its short expiry is dropped unrun, so a
+beat that ran while every worker was down leaves no backlog of dispatches.
+
+Misfires: an alarm found late because beat or the workers were down, or
+dispatch fell behind. ENTITIES_ALARM_MISFIRE decides, per alarm, when a
+dispatch claims it:
+
+- ``fire_once`` (default): it fires once, late. An alarm is one scheduling,
+  not a series of ticks, so downtime never causes a flood; a handler that
+  reschedules itself resumes its rhythm from the late firing.
+- ``skip``: an alarm more than ENTITIES_ALARM_MISFIRE_TOLERANCE seconds (60)
+  late does not fire. It is kept with status ``skipped`` and the reason,
+  listed by ``entities.failed_alarms()`` and fired by
+  ``entities.retry_alarm()``; scheduling the name again replaces it. It is
+  kept, not deleted, because a self-rescheduling entity whose alarm vanished
+  would stop without a trace. Lateness is judged at the claim: an alarm
+  claimed in time fires even if its message then waits in a queue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from entities import clock
+from entities.messages import OP_ALARM
+from entities.routing import TASK_NAME
+from entities.settings import Settings, get_settings
+from entities.store import Alarm, SQLStore, Store
+from entities.transport import DISPATCH_ALARMS_TASK
+from workers.app import app
+
+log = logging.getLogger(__name__)
+
+#: Seconds one dispatch keeps claiming full batches before leaving the rest to the next.
+BUDGET_S = 2.0
+
+Publisher = Callable[[list[Alarm]], None]
+
+_lock = threading.Lock()
+_stores: dict[int, SQLStore] = {}
+
+
+def alarm_call(alarm: Alarm) -> tuple[str, list[Any]]:
+    """The task id and send_to_entity arguments that fire one attempt of one scheduling."""
+    msg = {"op": OP_ALARM, "args": [alarm.name, alarm.scheduling_id, alarm.attempts]}
+    return f"alarm-{alarm.scheduling_id}-{alarm.attempts}", [
+        alarm.entity_type,
+        alarm.entity_id,
+        msg,
+    ]
+
+
+def claim(
+    store: Store, settings: Settings, limit: int | None = None, now: dt.datetime | None = None
+) -> list[Alarm]:
+    """Claims one batch of due alarms under the misfire policy (see the module docstring)."""
+    now = clock.now() if now is None else now
+    skip_before = None
+    if settings.alarm_misfire == "skip":
+        skip_before = now - dt.timedelta(seconds=settings.alarm_misfire_tolerance_s)
+    return store.claim_due_alarms(
+        now, limit or settings.alarm_batch_size, settings.alarm_redispatch_s, skip_before
+    )
+
+
+def dispatch(
+    store: Store, settings: Settings, publish: Publisher, budget_s: float = BUDGET_S
+) -> int:
+    """Claims and publishes due alarms while batches come back full; returns how many sent."""
+    started = time.monotonic()
+    sent = 0
+    while True:
+        batch = claim(store, settings)
+        due = [a for a in batch if a.status == "scheduled"]
+        if due:
+            publish(due)
+            sent += len(due)
+        skipped = len(batch) - len(due)
+        if skipped:
+            log.warning(
+                "%s alarm(s) more than %s s late were not fired (ENTITIES_ALARM_MISFIRE=skip); "
+                "entities.failed_alarms() lists them, entities.retry_alarm() fires one",
+                skipped,
+                settings.alarm_misfire_tolerance_s,
+            )
+        if len(batch) < settings.alarm_batch_size or time.monotonic() - started > budget_s:
+            return sent
+
+
+def publisher(celery_app: Any) -> Publisher:
+    """Publishes alarm messages through ``celery_app`` on one producer connection."""
+
+    def publish(alarms: list[Alarm]) -> None:
+        with celery_app.producer_or_acquire() as producer:
+            for alarm in alarms:
+                task_id, args = alarm_call(alarm)
+                celery_app.send_task(
+                    TASK_NAME, args=args, task_id=task_id, ignore_result=True, producer=producer
+                )
+
+    return publish
+
+
+def _store(settings: Settings) -> SQLStore:
+    """This process's store for dispatching (a forked pool child opens its own)."""
+    pid = os.getpid()
+    with _lock:
+        store = _stores.get(pid)
+        if store is None:
+            for inherited in _stores.values():  # the parent's connections are not ours to close
+                inherited.engine.dispose(close=False)
+            _stores.clear()
+            store = _stores[pid] = SQLStore(settings.database_url, pool_size=2)
+            store.check_schema()
+        return store
+
+
+@app.task(name=DISPATCH_ALARMS_TASK, ignore_result=True, acks_late=False)  # type: ignore[untyped-decorator]
+def dispatch_alarms() -> int:
+    """Sends every due alarm to its entity (beat runs this every ENTITIES_ALARM_POLL s)."""
+    settings = get_settings()
+    return dispatch(_store(settings), settings, publisher(app))
