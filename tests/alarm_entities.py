@@ -127,3 +127,18 @@ class Messenger(Entity, name="messenger"):
 
     def handle_alarm(self, name: str, payload: Any) -> None:
         self.send("counter", payload["target"], {"op": "increment", "args": [1]})
+
+
+class Lazy(Entity, name="lazy_counter", durability="interval", flush_interval=3600):
+    """A relaxed counter: its changes commit on flush (or with a strict call)."""
+
+    count: int = 0
+    loads: int = 0
+
+    def after_load(self) -> None:
+        self.loads += 1
+
+    @handler
+    def increment(self) -> int:
+        self.count += 1
+        return self.count

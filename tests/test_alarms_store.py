@@ -1,7 +1,9 @@
-"""The store's alarm dispatch methods, on SQLite and Postgres: claim, skip, failed, retry."""
+"""Alarm dispatch below the processes: the store's claim, skip, failed and retry on SQLite
+and Postgres, the dispatch loop, publishing, and the beat schedule."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -11,15 +13,30 @@ from pathlib import Path
 
 import pytest
 
+from entities import ConfigurationError, clock
+from entities.messages import OP_ALARM
 from entities.migrate import upgrade
-from entities.store import AlarmChange, AlarmOutcome, CommitBatch, SQLStore
+from entities.routing import TASK_NAME
+from entities.settings import Settings, from_env
+from entities.store import Alarm, AlarmChange, AlarmOutcome, CommitBatch, SQLStore
+from entities.transport import celery_config
 from tests.databases import sqlite_url
+from workers.alarms import dispatch, publisher
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
 
 def at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
+
+
+@contextlib.contextmanager
+def use_clock(now: dt.datetime) -> Iterator[None]:
+    previous = clock.install(lambda: now)
+    try:
+        yield
+    finally:
+        clock.install(previous)
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +206,125 @@ def test_concurrent_claimers_never_share_an_alarm(store: SQLStore) -> None:
         th.join(60)
     assert len(seen) == 300
     assert len(set(seen)) == 300
+
+
+# -- dispatch ---------------------------------------------------------------------------
+
+
+def settings(**overrides: object) -> Settings:
+    base = Settings(database_url="sqlite://", broker_url="redis://x", result_backend="redis://x")
+    return base.replace(**overrides)
+
+
+def test_dispatch_claims_batch_after_batch_while_they_come_back_full(store: SQLStore) -> None:
+    """Given 35 due alarms and batches of 10, then one dispatch publishes 10, 10, 10 and 5,
+    in fire-time order, and the next publishes nothing."""
+    for i in range(35):
+        store.set_alarm(AlarmChange("t", f"e{i:02}", "x", at(i)))
+    batches: list[list[str]] = []
+    with use_clock(at(100)):
+        sent = dispatch(
+            store, settings(alarm_batch_size=10), lambda b: batches.append([a.entity_id for a in b])
+        )
+        assert sent == 35
+        assert [len(b) for b in batches] == [10, 10, 10, 5]
+        assert [e for b in batches for e in b] == [f"e{i:02}" for i in range(35)]
+        assert dispatch(store, settings(alarm_batch_size=10), batches.append) == 0
+
+
+def test_dispatch_publishes_no_skipped_alarm_and_says_so(
+    store: SQLStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given the skip policy, then a late alarm is not published and a warning names the
+    policy; a timely one is published."""
+    schedule(store, "a", "late", 0)
+    schedule(store, "a", "timely", 90)
+    published: list[str] = []
+    with use_clock(at(100)):
+        sent = dispatch(
+            store,
+            settings(alarm_misfire="skip", alarm_misfire_tolerance_s=60.0),
+            lambda b: published.extend(a.name for a in b),
+        )
+    assert (sent, published) == (1, ["timely"])
+    assert "ENTITIES_ALARM_MISFIRE=skip" in caplog.text
+
+
+class FakeApp:
+    """Records what the publisher sends, and on which producer."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+        self.producers = 0
+
+    @contextlib.contextmanager
+    def producer_or_acquire(self) -> Iterator[object]:
+        self.producers += 1
+        yield f"producer-{self.producers}"
+
+    def send_task(self, name: str, **options: object) -> None:
+        self.sent.append({"name": name, **options})
+
+
+@pytest.mark.no_services
+def test_an_alarm_is_published_as_a_send_to_entity_call_with_a_dedup_task_id() -> None:
+    """Given two claimed alarms, then both go out on one producer as silent send_to_entity
+    calls whose task id names the scheduling and the attempt."""
+    app = FakeApp()
+    alarms = [
+        Alarm("t", "a", "x", at(0), None, "sched1", attempts=0),
+        Alarm("t", "b", "y", at(0), None, "sched2", attempts=3),
+    ]
+    publisher(app)(alarms)
+    assert app.producers == 1
+    assert app.sent == [
+        {
+            "name": TASK_NAME,
+            "args": ["t", "a", {"op": OP_ALARM, "args": ["x", "sched1", 0]}],
+            "task_id": "alarm-sched1-0",
+            "ignore_result": True,
+            "producer": "producer-1",
+        },
+        {
+            "name": TASK_NAME,
+            "args": ["t", "b", {"op": OP_ALARM, "args": ["y", "sched2", 3]}],
+            "task_id": "alarm-sched2-3",
+            "ignore_result": True,
+            "producer": "producer-1",
+        },
+    ]
+
+
+@pytest.mark.no_services
+def test_beat_sends_the_dispatch_task_every_alarm_poll_seconds_with_a_short_expiry() -> None:
+    """Given ENTITIES_ALARM_* settings, then they are read with their defaults, and the Celery
+    config schedules the dispatch at the poll interval with an expiry of a few polls."""
+    env = {"ENTITIES_BROKER_URL": "redis://h/0"}
+    default = from_env(env)
+    assert (default.alarm_poll_s, default.alarm_misfire, default.alarm_redispatch_s) == (
+        0.25,
+        "fire_once",
+        30.0,
+    )
+    custom = from_env(
+        {
+            **env,
+            "ENTITIES_ALARM_POLL": "2",
+            "ENTITIES_ALARM_MISFIRE": "skip",
+            "ENTITIES_ALARM_MISFIRE_TOLERANCE": "5",
+            "ENTITIES_ALARM_BATCH": "7",
+        }
+    )
+    assert (custom.alarm_misfire, custom.alarm_misfire_tolerance_s) == ("skip", 5.0)
+    assert custom.alarm_batch_size == 7
+    entry = celery_config(custom)["beat_schedule"]["entities-dispatch-alarms"]
+    assert entry == {
+        "task": "entities.dispatch_alarms",
+        "schedule": 2.0,
+        "options": {"expires": 8.0},
+    }
+    assert celery_config(default)["beat_schedule"]["entities-dispatch-alarms"]["options"] == {
+        "expires": 1.0
+    }
+    with pytest.raises(ConfigurationError, match="fire_once, skip"):
+        from_env({**env, "ENTITIES_ALARM_MISFIRE": "fire_all"})
