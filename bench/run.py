@@ -1,0 +1,168 @@
+"""One run of measurement: the alternating drain/latency slots, then ours-only figures.
+
+Slots alternate A, B, ours in every round, so drift on the shared machine hits
+all three alike; each slot starts one fresh worker on emptied state, drains a
+pre-filled queue, makes sequential calls and stops it. Ours' slot also runs
+the hot-entity drain on the same worker.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import alarms, failover, memory, servers
+from bench.config import SPEC_DRAIN_MESSAGES, Sizes
+from bench.drain import Drain, drain_ids, hot_ids, timed_drain
+from bench.latency import round_trips, summary
+from bench.profiling import PySpy, summarize
+from bench.systems import ENTITY_TYPE, HandRolled, Noop, Ours, Run, System
+
+MEASUREMENTS = ("drain", "failover", "rss", "alarms")
+Log = Callable[[str], None]
+
+
+def slot(run: Run, system: System, sizes: Sizes, round_no: int) -> dict[str, Any]:
+    """One system's drain, sequential calls and (ours) hot-entity drain, on one worker."""
+    servers.reset(run.servers)
+    worker = system.start(f"{system.name}-r{round_no}")
+    try:
+        out: dict[str, Any] = {}
+        out["drain"] = timed_drain(
+            run, system, worker, drain_ids(sizes.drain_messages, sizes.drain_entities)
+        )
+        ids = [f"e{i}" for i in range(sizes.drain_entities)]
+        out["latency"] = round_trips(system, ids, sizes.latency_calls, sizes.latency_warmup)
+        if isinstance(system, Ours):
+            out["hot"] = timed_drain(run, system, worker, hot_ids(sizes.hot_messages), acked=True)
+    finally:
+        worker.stop()
+    return out
+
+
+def drain_and_latency(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
+    """The alternating rounds; returns the drain, hot-entity and latency figures."""
+    systems: list[System] = [HandRolled(run), Noop(run), Ours(run)]
+    drains: dict[str, list[Drain]] = {s.name: [] for s in systems}
+    lats: dict[str, list[float]] = {s.name: [] for s in systems}
+    hots: list[Drain] = []
+    for r in range(sizes.rounds):
+        for system in systems:
+            got = slot(run, system, sizes, r)
+            drains[system.name].append(got["drain"])
+            lats[system.name].extend(got["latency"])
+            log(
+                f"round {r + 1}: {system.label}: drain {got['drain'].per_s:,.0f}/s, "
+                f"call p50 {summary(got['latency'])['p50_ms']} ms"
+            )
+            if "hot" in got:
+                hots.append(got["hot"])
+                log(f"round {r + 1}: hot entity {got['hot'].per_s:,.0f}/s")
+    rate = {n: statistics.fmean(d.per_s for d in ds) for n, ds in drains.items()}
+    cpu = {
+        n: statistics.fmean(1000 * d.worker_cpu_s / d.messages for d in ds)
+        for n, ds in drains.items()
+    }
+    lat = {n: summary(v) for n, v in lats.items()}
+    drain: dict[str, Any] = {
+        "messages": sizes.drain_messages,
+        "entities": sizes.drain_entities,
+        "rounds": sizes.rounds,
+        "per_s": {n: round(v, 1) for n, v in rate.items()},
+        "worker_cpu_ms_per_msg": {n: round(v, 4) for n, v in cpu.items()},
+        "samples": {n: [d.as_json() for d in ds] for n, ds in drains.items()},
+        "clock": "from SIGCONT of a booted, frozen worker on a pre-filled queue to the last "
+        "stored reply",
+    }
+    if sizes.drain_messages != SPEC_DRAIN_MESSAGES:
+        drain["note"] = (
+            f"{sizes.mode} mode: {sizes.drain_messages:,} messages instead of "
+            f"{SPEC_DRAIN_MESSAGES:,}"
+        )
+    hot_rate = statistics.fmean(h.per_s for h in hots)
+    return {
+        "drain_vs_handrolled": round(rate["ours"] / rate["handrolled"], 3),
+        "drain_vs_noop": round(rate["ours"] / rate["noop"], 3),
+        "drain_ours_per_s": round(rate["ours"], 1),
+        "drain_handrolled_per_s": round(rate["handrolled"], 1),
+        "drain_noop_per_s": round(rate["noop"], 1),
+        "drain": drain,
+        "hot_entity_per_s": round(hot_rate, 1),
+        "hot_entity": {
+            "messages": sizes.hot_messages,
+            "clock": "from SIGCONT to the last reply stored and every message acknowledged",
+            "samples": [h.as_json() for h in hots],
+        },
+        "p50_vs_noop": round(lat["ours"]["p50_ms"] / lat["noop"]["p50_ms"], 3),
+        "p99_vs_noop": round(lat["ours"]["p99_ms"] / lat["noop"]["p99_ms"], 3),
+        "latency_ms": lat,
+    }
+
+
+def failovers(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
+    """Kill -9 rounds; the figure is the slowest."""
+    samples = []
+    for r in range(sizes.failover_rounds):
+        got = failover.measure(run, sizes.failover_load_per_s, r)
+        log(
+            f"failover {r + 1}: probe served {got['seconds']} s after kill -9, check {got['check']}"
+        )
+        samples.append(got)
+    return {
+        "failover_s": max(s["seconds"] for s in samples),
+        "failover": {"figure": "slowest of the rounds", "samples": samples},
+    }
+
+
+def resident(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
+    """The 100k-resident RSS figure."""
+    got = memory.measure(run, sizes.rss_entities)
+    log(
+        f"rss: {got['rss_mb']} MB with {got['entities']:,} entities "
+        f"(boot {got['boot_rss_mb']} MB) -> {got['rss_mb_100k']} MB at 100k"
+    )
+    return {"rss_mb_100k_resident": got["rss_mb_100k"], "rss": got}
+
+
+def alarm_lateness(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
+    """The alarm-lateness figure, or null with the reason."""
+    got = alarms.measure(run, sizes.alarms, sizes.alarm_window_s)
+    log(f"alarms: {got}")
+    return {"alarm_lateness_p99_s": got.get("p99_s"), "alarms": got}
+
+
+def profile(run: Run, sizes: Sizes, out_dir: Path, log: Log) -> dict[str, Any]:
+    """An extra, unmeasured drain and hot-entity run of ours under py-spy; the hotspots.
+
+    ``*_gil``: the GIL holder only (interpreter time); ``hot_wall``: every
+    sample of the hot entity's runner thread, waiting included.
+    """
+    from entities.routing import partition_for
+
+    servers.reset(run.servers)
+    ours = Ours(run)
+    worker = ours.start("profile")
+    hot_thread = f"entities-p{partition_for(ENTITY_TYPE, hot_ids(1)[0], run.partitions)}"
+    result: dict[str, Any] = {}
+    runs = (
+        ("drain_gil", drain_ids(sizes.drain_messages, sizes.drain_entities), False),
+        ("hot_gil", hot_ids(sizes.hot_messages), False),
+        ("hot_wall", hot_ids(sizes.hot_messages), True),
+    )
+    try:
+        for name, ids, wall in runs:
+            path = out_dir / f"{name}.txt"
+            spy = PySpy(worker.pid, path, idle=wall, gil=not wall)
+            drain = timed_drain(run, ours, worker, ids, profiler=spy, acked=name != "drain_gil")
+            summary_ = summarize(path, thread=hot_thread if wall else None)
+            result[name] = {
+                "raw_profile": str(path),
+                "per_s_while_profiled": round(drain.per_s),
+                **summary_,
+            }
+            log(f"profile {name}: {result[name]['samples']} samples -> {path}")
+    finally:
+        worker.stop()
+    return {"profile": result}
