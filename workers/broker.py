@@ -14,12 +14,12 @@ oldest unacknowledged message.
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import unquote, urlparse
-
 import redis
 
+from entities.redis_client import redis_from_url
 from entities.routing import inflight_key, lease_key, queue_name
+
+__all__ = ["PartitionQueues", "redis_from_url"]
 
 # KEYS: queue, inflight, lease. ARGV: token, skip, n. Tops the in-flight list up
 # to skip + n from the queue and returns the n oldest entries after the ``skip``
@@ -66,14 +66,6 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
-    """A redis-py client for a kombu/Celery Redis URL (including redis+socket://)."""
-    if url.startswith("redis+socket://"):
-        parsed = urlparse(url)
-        return redis.Redis(unix_socket_path=unquote(parsed.path), **kwargs)
-    return redis.Redis.from_url(url, **kwargs)
 
 
 class PartitionQueues:

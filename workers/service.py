@@ -5,12 +5,24 @@ Every worker heartbeats into a registry of live workers and takes a fair share
 to its share and hands back any above it, finishing and acknowledging the batch
 in hand first, so the next owner reads in order. Each acquired lease is
 recorded as a new epoch in the store; every commit is fenced by that epoch.
+
+Two threads keep this going. The heartbeat thread only talks to Redis: it
+renews the registry entry and every lease held (or being claimed) each
+``lease_ttl_s / 4``, so a slow database or a long claim never lets a lease
+lapse. The balance thread does everything that may block: claims (a row lock
+in the store), hand-backs, stats and purges.
+
 A lease that could not be renewed is abandoned at once: whatever the runner
-still tries to commit is rejected by the epoch fence.
+still tries to commit is rejected by the epoch fence, logged as a zombie-writer
+event and counted in the stats. A worker paused inside a database transaction
+(SIGSTOP, a long GC) holds the epoch row's share lock; its Postgres session is
+ended after ``lease_ttl_s`` idle in that transaction, so the next claim waits
+at most that long.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -20,14 +32,17 @@ import os
 import socket
 import threading
 import time
-import uuid
 import zlib
 from typing import Any
 
-from entities import registry
-from entities.routing import KEY_PREFIX, TASK_NAME
+import sqlalchemy as sa
+
+from entities import clock, registry
+from entities.inspect import STATS_KEY, WORKERS_KEY, lease_token
+from entities.routing import TASK_NAME
 from entities.settings import Settings
 from entities.store import OutboxMessage, SQLStore, Store
+from entities.store.sql import make_engine
 from workers.broker import PartitionQueues, redis_from_url
 from workers.processor import Processor
 from workers.replies import ReplyWriter
@@ -35,60 +50,130 @@ from workers.runner import PartitionRunner
 
 log = logging.getLogger(__name__)
 
-WORKERS_KEY = f"{KEY_PREFIX}.workers"
-STATS_KEY = f"{KEY_PREFIX}.stats"
+__all__ = ["STATS_KEY", "WORKERS_KEY", "PartitionService"]
+
 #: Seconds between purges of expired processed-message records.
 PURGE_EVERY_S = 600.0
+#: Longest pause of the balance thread between looks for free partitions.
+BALANCE_EVERY_MAX_S = 0.25
+
+
+@dataclasses.dataclass
+class Counters:
+    """What happened to this worker's partitions since it started (published in stats)."""
+
+    claims: int = 0  # partitions taken (each a new epoch)
+    handoffs: int = 0  # partitions handed back above the fair share
+    leases_lost: int = 0  # leases found taken or expired at renewal
+    zombie_events: int = 0  # commits rejected by the epoch fence: another owner took over
+
+
+def worker_database_url(url: str, lease_ttl_s: float) -> str:
+    """The store URL for a worker: Postgres sessions end when idle in a transaction too long.
+
+    A paused worker's open transaction would otherwise hold the partition's
+    epoch row and stall the next owner's claim for as long as the pause lasts.
+    """
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return url
+    timeout_ms = max(1000, int(lease_ttl_s * 1000))
+    option = f"-c idle_in_transaction_session_timeout={timeout_ms}"
+    existing = parsed.query.get("options")
+    if isinstance(existing, tuple):
+        existing = " ".join(existing)
+    if existing and "idle_in_transaction_session_timeout" in existing:
+        return url
+    options = f"{existing} {option}" if existing else option
+    return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
 class PartitionService:
     """Owns partitions for one worker process and runs a PartitionRunner for each."""
 
-    def __init__(
-        self, settings: Settings, app: Any, store: Store | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, app: Any, store: Store | None = None) -> None:
         self.settings = settings
         self.app = app
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.store = store or SQLStore(settings.database_url, pool_size=settings.partitions + 4)
-        self.redis = redis_from_url(settings.broker_url, health_check_interval=30)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.store = store or SQLStore(
+            make_engine(
+                worker_database_url(settings.database_url, settings.lease_ttl_s),
+                pool_size=settings.partitions + 4,
+            )
+        )
+        # A hung socket must not outlive a lease; blocking waits last WAIT_S (< 1 s).
+        timeout_s = max(2.0, settings.lease_ttl_s)
+        self.redis = redis_from_url(
+            settings.broker_url,
+            health_check_interval=30,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
         self.queues = PartitionQueues(self.redis)
         self.replies = ReplyWriter(app.backend)
         self.runners: dict[int, PartitionRunner] = {}
         self.processors: dict[int, Processor] = {}
-        self.zombie_events = 0
+        self.counters = Counters()
+        self.live = 1  # live workers seen at the last heartbeat
+        self._claiming: dict[int, str] = {}  # lease taken, epoch not yet recorded
+        self._lost: set[str] = set()  # tokens of runners told their lease is gone
         self._claims = itertools.count(1)
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="entities-leases", daemon=True)
-        self._last_purge = 0.0
+        self._stopping = threading.Event()  # no new claims; runners finishing
+        self._stopped = threading.Event()  # runners done; heartbeats end
+        self._beat = threading.Thread(target=self._beat_loop, name="entities-beat", daemon=True)
+        self._balance = threading.Thread(
+            target=self._balance_loop, name="entities-balance", daemon=True
+        )
+        self._last_purge = 0.0  # purge once soon after start
 
     @property
     def ttl_ms(self) -> int:
         """The lease time-to-live in milliseconds."""
         return int(self.settings.lease_ttl_s * 1000)
 
+    @property
+    def zombie_events(self) -> int:
+        """Commits rejected because another worker had taken the partition."""
+        return self.counters.zombie_events
+
     def start(self) -> None:
         """Checks the schema and settings, then starts taking partitions."""
         registry.import_modules(self.settings.modules)
         self.store.check_schema()
         self.store.ensure_partitions(self.settings.partitions)
-        log.info("entities worker %s serving types: %s", self.worker_id,
-                 ", ".join(registry.names()) or "none")
-        self._heartbeat()
-        self._thread.start()
+        log.info(
+            "entities worker %s serving types: %s",
+            self.worker_id,
+            ", ".join(registry.names()) or "none",
+        )
+        self.live = self._heartbeat()
+        self._beat.start()
+        self._balance.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Finishes every batch in hand, releases every lease and leaves the registry."""
+        """Finishes every batch in hand, releases every lease and leaves the registry.
+
+        Leaves the registry first so the others take the released partitions at
+        once; keeps renewing the leases until each runner has acknowledged its
+        last batch and released its lease.
+        """
         self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        try:
+            self.redis.zrem(WORKERS_KEY, self.worker_id)
+        except Exception:
+            log.warning("could not leave the worker registry", exc_info=True)
+        if self._balance.is_alive():
+            self._balance.join(timeout_s)
         with self._lock:
             runners = list(self.runners.values())
         for runner in runners:
             runner.stop()
         for runner in runners:
             runner.join(timeout_s)
+        self._stopped.set()
+        if self._beat.is_alive():
+            self._beat.join(timeout_s)
         try:
             self.redis.zrem(WORKERS_KEY, self.worker_id)
             self.redis.hdel(STATS_KEY, self.worker_id)
@@ -100,23 +185,22 @@ class PartitionService:
         with self._lock:
             return {p: r.epoch for p, r in self.runners.items() if not r.stopping}
 
-    # -- the lease loop ---------------------------------------------------------
+    # -- the heartbeat thread: registry entry and lease renewal ------------------
 
-    def _loop(self) -> None:
+    def _beat_loop(self) -> None:
         interval = self.settings.lease_ttl_s / 4
-        while not self._stopping.is_set():
+        while not self._stopped.is_set():
             started = time.monotonic()
             try:
-                self._heartbeat()
+                if not self._stopping.is_set():
+                    self.live = self._heartbeat()
                 self._renew()
-                self._rebalance()
-                self._publish_stats()
-                self._purge()
             except Exception:
-                log.warning("lease loop error; retrying", exc_info=True)
-            self._stopping.wait(max(0.0, interval - (time.monotonic() - started)))
+                log.warning("heartbeat failed; retrying", exc_info=True)
+            self._stopped.wait(max(0.0, interval - (time.monotonic() - started)))
 
     def _heartbeat(self) -> int:
+        """Marks this worker live for one TTL and drops expired entries; returns the live count."""
         now_ms = int(time.time() * 1000)
         with self.redis.pipeline() as pipe:
             pipe.zadd(WORKERS_KEY, {self.worker_id: now_ms + self.ttl_ms})
@@ -128,28 +212,62 @@ class PartitionService:
     def _renew(self) -> None:
         with self._lock:
             tokens = {p: r.token for p, r in self.runners.items()}
+            tokens.update(self._claiming)
         for partition, held in self.queues.renew(tokens, self.ttl_ms).items():
-            if not held:
-                log.error("partition %s: lease lost; abandoning it", partition)
-                with self._lock:
-                    runner = self.runners.get(partition)
-                if runner is not None:
-                    runner.stop()
+            if held:
+                continue
+            with self._lock:
+                runner = self.runners.get(partition)
+            if runner is None or runner.token != tokens[partition]:
+                continue  # a claim in progress: _claim sees the lease gone at its first fetch
+            with self._lock:
+                if runner.token in self._lost:
+                    continue
+                self._lost.add(runner.token)
+            self.counters.leases_lost += 1
+            log.error("partition %s: lease lost (epoch %s); abandoning it", partition, runner.epoch)
+            runner.stop()
+
+    # -- the balance thread: claims, hand-backs, stats, purges ---------------------
+
+    def _balance_loop(self) -> None:
+        interval = min(self.settings.lease_ttl_s / 4, BALANCE_EVERY_MAX_S)
+        backoff = interval
+        # One beat first, so workers started together see each other before claiming.
+        self._stopping.wait(self.settings.lease_ttl_s / 4)
+        while not self._stopping.is_set():
+            try:
+                self._rebalance()
+                self._publish_stats()
+                self._purge()
+                backoff = interval
+            except Exception:
+                log.warning("rebalance failed; retrying in %.2fs", backoff, exc_info=True)
+                backoff = min(backoff * 2, self.settings.lease_ttl_s)
+            self._stopping.wait(backoff)
+
+    def share(self) -> int:
+        """This worker's fair share of the partitions: ceil(partitions / live workers)."""
+        return math.ceil(self.settings.partitions / max(1, self.live))
 
     def _rebalance(self) -> None:
-        live = self._heartbeat()
-        share = math.ceil(self.settings.partitions / live)
+        share = self.share()
         with self._lock:
-            active = [p for p, r in self.runners.items() if not r.stopping]
+            active = sorted(p for p, r in self.runners.items() if not r.stopping)
+            busy = set(self.runners)
         if len(active) > share:
-            for partition in sorted(active)[share:]:
-                log.info("partition %s: handing over (share is %s)", partition, share)
-                self.runners[partition].stop()
+            for partition in active[share:]:
+                with self._lock:
+                    runner = self.runners.get(partition)
+                if runner is not None and not runner.stopping:
+                    log.info("partition %s: handing over (share is %s)", partition, share)
+                    self.counters.handoffs += 1
+                    runner.stop()
             return
         if len(active) >= share:
             return
         holders = self.queues.holders(range(self.settings.partitions))
-        free = [p for p, h in holders.items() if h is None and p not in self.runners]
+        free = [p for p, h in holders.items() if h is None and p not in busy]
         # Start at a worker-specific offset so simultaneous starters spread out.
         offset = zlib.crc32(self.worker_id.encode()) % max(1, len(free))
         for partition in free[offset:] + free[:offset]:
@@ -159,24 +277,39 @@ class PartitionService:
                 active.append(partition)
 
     def _claim(self, partition: int) -> bool:
-        token = f"{self.worker_id}:{partition}:{next(self._claims)}"
+        token = lease_token(self.worker_id, partition, next(self._claims))
         if not self.queues.acquire(partition, token, self.ttl_ms):
             return False
+        with self._lock:
+            self._claiming[partition] = token  # renewed by the heartbeat from now on
         try:
+            # Waits for (and then fences) every commit of the previous owner.
             epoch = self.store.claim_partition(partition, self.worker_id)
         except Exception:
+            with self._lock:
+                self._claiming.pop(partition, None)
             self.queues.release(partition, token)
             raise
-        processor = self.processors.setdefault(
-            partition, Processor(partition, self.store, self.settings, self._resident_share)
-        )
+        processor = self.processors.get(partition)
+        if processor is None:
+            processor = Processor(partition, self.store, self.settings, self._resident_share)
+            self.processors[partition] = processor
         processor.reset()
         runner = PartitionRunner(
-            partition, token, epoch, self.queues, processor, self.replies, self._publish,
-            self.settings.batch_size, self._on_runner_exit,
+            partition,
+            token,
+            epoch,
+            self.queues,
+            processor,
+            self.replies,
+            self._publish,
+            self.settings.batch_size,
+            self._on_runner_exit,
         )
         with self._lock:
+            self._claiming.pop(partition, None)
             self.runners[partition] = runner
+        self.counters.claims += 1
         runner.start()
         log.info("partition %s: owned at epoch %s", partition, epoch)
         return True
@@ -189,7 +322,9 @@ class PartitionService:
         """Publishes committed outbox messages, keeping their ids as task ids."""
         for m in outbox:
             self.app.send_task(
-                TASK_NAME, args=[m.entity_type, m.entity_id, m.msg], task_id=m.message_id,
+                TASK_NAME,
+                args=[m.entity_type, m.entity_id, m.msg],
+                task_id=m.message_id,
                 ignore_result=True,
             )
 
@@ -206,31 +341,39 @@ class PartitionService:
             conflicts += self.processors[partition].conflicts
         return {
             "worker": self.worker_id,
+            "pid": os.getpid(),
             "partitions": {str(p): r.epoch for p, r in sorted(runners.items())},
+            "live_workers": self.live,
+            "share": self.share(),
             "resident": resident,
             "hibernated": hibernated,
             "unacked": pending,
             "applied": applied,
             "conflicts": conflicts,
-            "zombie_events": self.zombie_events,
+            **dataclasses.asdict(self.counters),
             "at": time.time(),
         }
 
     def _publish_stats(self) -> None:
         with self.redis.pipeline() as pipe:
             pipe.hset(STATS_KEY, self.worker_id, json.dumps(self.stats()))
-            pipe.execute()
+            pipe.zrange(WORKERS_KEY, 0, -1)
+            pipe.hkeys(STATS_KEY)
+            _, live, published = pipe.execute()
+        gone = set(published) - set(live) - {self.worker_id.encode()}
+        if gone:  # stats of workers killed without a goodbye
+            self.redis.hdel(STATS_KEY, *gone)
 
     def _on_runner_exit(self, runner: PartitionRunner, reason: str) -> None:
         if reason == "zombie":
-            self.zombie_events += 1
+            self.counters.zombie_events += 1
         runner.processor.reset()
-        if reason == "stopped":
-            try:
-                self.queues.release(runner.partition, runner.token)
-            except Exception:
-                log.warning("partition %s: could not release the lease", runner.partition)
+        try:
+            self.queues.release(runner.partition, runner.token)  # only if still ours
+        except Exception:
+            log.warning("partition %s: could not release the lease", runner.partition)
         with self._lock:
+            self._lost.discard(runner.token)
             if self.runners.get(runner.partition) is runner:
                 del self.runners[runner.partition]
         log.info("partition %s: released (%s)", runner.partition, reason)
@@ -240,7 +383,7 @@ class PartitionService:
         if now - self._last_purge < PURGE_EVERY_S:
             return
         self._last_purge = now
-        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.settings.dedup_retention_s)
+        cutoff = clock.now() - dt.timedelta(seconds=self.settings.dedup_retention_s)
         removed = self.store.purge_processed(cutoff)
         if removed:
             log.info("purged %s processed-message records older than %s", removed, cutoff)
