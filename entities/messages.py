@@ -109,9 +109,8 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
     Never raises: whatever is wrong is recorded on the returned Envelope.
     """
     env = Envelope(raw=raw)
-    if len(raw) > max_bytes * 2:  # base64 and the envelope inflate the body
-        env.error = f"message of {len(raw)} bytes exceeds the limit of {max_bytes} bytes"
-        return env
+    # Parsed even when too large, so the caller still gets a reply naming the limit.
+    too_large = len(raw) > max_bytes * 2  # base64 and the envelope inflate the body
     try:
         outer = json.loads(raw)
         headers = outer["headers"]
@@ -141,18 +140,24 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
         if "lone surrogate" in env.error:
             env.task_id = ""  # no reply: it could not even be a result-backend key
         return env
+    if too_large:
+        env.error = f"message of {len(raw)} bytes exceeds the limit of {max_bytes} bytes"
+        return env
     if ctype != "application/json":
         env.error = f"content type {ctype!r} refused: only application/json is accepted"
+        return env
+    if not isinstance(props, dict):
+        env.error = "not a Celery message (properties are not an object)"
         return env
     try:
         if props.get("body_encoding") == "base64":
             body = base64.b64decode(body, validate=True)
+        if len(body) > max_bytes:
+            env.error = f"message body of {len(body)} bytes exceeds the limit of {max_bytes} bytes"
+            return env
         args, kwargs, _embed = json.loads(body)
     except (ValueError, TypeError, binascii.Error):
         env.error = "body is not a JSON [args, kwargs, embed] triple"
-        return env
-    if len(body) > max_bytes:
-        env.error = f"message body of {len(body)} bytes exceeds the limit of {max_bytes} bytes"
         return env
     try:
         if not isinstance(args, list) or not isinstance(kwargs, dict):

@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 app = Celery("entities")
 app.config_from_object("celeryconfig")
+# Dead-letters unreadable messages on the default queue instead of stopping the worker.
+app.conf.worker_consumer = "workers.consumer:Consumer"
 
 
 class PartitionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
