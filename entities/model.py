@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import inspect
 import re
 import typing
@@ -315,13 +316,18 @@ class Entity:
             )
         fn = cls.__entity_handlers__[op]
         try:
-            inspect.signature(fn).bind(None, *args, **kwargs)
+            _signature(fn).bind(None, *args, **kwargs)
         except TypeError as exc:
             raise BadMessage(f"{cls.__entity_name__}.{op}: {exc}") from None
         return lambda entity: fn(entity, *args, **kwargs)
 
 
 _RESERVED |= {n for n in vars(Entity) if not n.startswith("_")}
+
+
+@functools.cache
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fn)
 
 
 def _check_alarm_name(name: Any) -> None:

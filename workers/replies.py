@@ -8,6 +8,7 @@ any other backend gets ``store_result`` per reply.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,7 +29,7 @@ class ReplyWriter:
         items = [
             (o.task_id, o.value if o.ok else o.error, states.SUCCESS if o.ok else states.FAILURE)
             for o in outcomes
-            if o.task_id
+            if o.task_id and not o.silent
         ]
         if not items:
             return
@@ -38,15 +39,21 @@ class ReplyWriter:
             return
         backend = self.backend
         expires = backend.expires
+        # The meta Celery's backend writes for a finished task with no request
+        # (Backend._get_result_meta), built once per batch here instead of
+        # through the app's configuration lookups for every reply.
+        date_done = datetime.datetime.now(datetime.UTC).isoformat()
         with self._redis.pipeline(transaction=False) as pipe:
             for task_id, value, state in items:
-                meta = backend._get_result_meta(
-                    result=backend.encode_result(value, state),
-                    state=state,
-                    traceback=None,
-                    request=None,
-                )
-                meta["task_id"] = task_id
+                ok = state == states.SUCCESS
+                meta = {
+                    "status": state,
+                    "result": value if ok else backend.encode_result(value, state),
+                    "traceback": None,
+                    "children": [],
+                    "date_done": date_done,
+                    "task_id": task_id,
+                }
                 payload = backend.encode(meta)
                 key = backend.get_key_for_task(task_id)
                 if expires:

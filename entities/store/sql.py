@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from entities.store.base import (
     Processed,
     Snapshot,
     Store,
+    Write,
 )
 
 T = TypeVar("T")
@@ -270,10 +272,13 @@ class SQLStore(Store):
         with self._tx() as conn:
             if batch.epoch is not None:
                 self._check_epoch(conn, batch.partition, batch.epoch)
-            for w in batch.writes:
-                self._write(
-                    conn, w.entity_type, w.entity_id, w.expected_version, w.vsn, w.state, now
-                )
+            if self.dialect == "postgresql":
+                self._write_many(conn, batch.writes, now)
+            else:
+                for w in batch.writes:
+                    self._write(
+                        conn, w.entity_type, w.entity_id, w.expected_version, w.vsn, w.state, now
+                    )
             if batch.processed:
                 conn.execute(
                     sa.insert(t.processed),
@@ -337,6 +342,89 @@ class SQLStore(Store):
                 f"{epoch} and may no longer commit",
                 stale_epoch=True,
             )
+
+    def _write_many(self, conn: Connection, writes: list[Write], now: dt.datetime) -> None:
+        """Fenced writes in three statements whatever their number (Postgres).
+
+        New entities: one multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING;
+        updates: one UPDATE ... FROM (VALUES ...) WHERE version = expected
+        RETURNING. A row missing from either RETURNING is a stale write.
+        """
+        s = t.snapshots.c
+        inserts = [w for w in writes if w.state is not None and w.expected_version == 0]
+        updates = [w for w in writes if w.state is not None and w.expected_version > 0]
+        for w in writes:
+            if w.state is None:
+                self._write(conn, w.entity_type, w.entity_id, w.expected_version, w.vsn, None, now)
+        if inserts:
+            stmt = (
+                postgresql.insert(t.snapshots)
+                .on_conflict_do_nothing()
+                .returning(s.entity_id, sort_by_parameter_order=True)
+            )
+            rows = conn.execute(
+                stmt,
+                [
+                    {
+                        "entity_type": w.entity_type,
+                        "entity_id": w.entity_id,
+                        "version": 1,
+                        "vsn": w.vsn,
+                        "state": w.state,
+                        "updated_at": now,
+                    }
+                    for w in inserts
+                ],
+            ).all()
+            if len(rows) != len(inserts):
+                raise FenceError(
+                    f"{len(inserts) - len(rows)} new entities of this batch were created "
+                    "concurrently by another writer"
+                )
+        if updates:
+            v = sa.values(
+                sa.column("k_type", sa.String),
+                sa.column("k_id", sa.String),
+                sa.column("expected", sa.BigInteger),
+                sa.column("new_vsn", sa.Integer),
+                sa.column("new_state", sa.Text),
+                name="v",
+            ).data(
+                [
+                    (
+                        w.entity_type,
+                        w.entity_id,
+                        w.expected_version,
+                        w.vsn,
+                        json.dumps(w.state, separators=(",", ":")),
+                    )
+                    for w in updates
+                ]
+            )
+            stmt = (
+                sa.update(t.snapshots)
+                .where(
+                    (s.entity_type == v.c.k_type)
+                    & (s.entity_id == v.c.k_id)
+                    & (s.version == v.c.expected)
+                )
+                .values(
+                    version=v.c.expected + 1,
+                    vsn=v.c.new_vsn,
+                    state=sa.cast(v.c.new_state, postgresql.JSONB),
+                    updated_at=now,
+                )
+                .returning(s.entity_type, s.entity_id)
+            )
+            done = {(r.entity_type, r.entity_id) for r in conn.execute(stmt)}
+            stale = [w for w in updates if (w.entity_type, w.entity_id) not in done]
+            if stale:
+                w = stale[0]
+                raise FenceError(
+                    f"{w.entity_type} {w.entity_id!r}: stored version is no longer "
+                    f"{w.expected_version}; a concurrent writer changed it"
+                    + (f" (and {len(stale) - 1} more)" if len(stale) > 1 else "")
+                )
 
     def _write(
         self,
