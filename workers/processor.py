@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 from entities.errors import BadMessage, FenceError, StoreError
 from entities.messages import Envelope, parse_envelope
@@ -167,8 +168,9 @@ class Processor:
         for env in envelopes:
             if env.error is not None:
                 dead.append(
-                    DeadLetter(queue_name(self.partition), env.error,
-                               env.raw.decode("utf-8", "replace"))
+                    DeadLetter(
+                        queue_name(self.partition), env.error, env.raw.decode("utf-8", "replace")
+                    )
                 )
                 log.warning("partition %s: dead-lettered a message: %s", self.partition, env.error)
                 if env.task_id:
@@ -198,18 +200,19 @@ class Processor:
             batch.alarm_outcomes.extend(s.alarm_outcomes)
             if not s.changed:
                 continue
-            if s.strict or s.live.cls.__entity_options__.durability == "strict":
+            live = cast(Live, s.live)  # a changed entity is loaded
+            if s.strict or live.cls.__entity_options__.durability == "strict":
                 batch.processed.extend(s.processed)
                 batch.alarms.extend(s.alarms)
                 batch.outbox.extend(s.outbox)
-                batch.writes.append(_write(key, s.live))
-                touched.append((key, s.live))
+                batch.writes.append(_write(key, live))
+                touched.append((key, live))
             else:
                 self.deferred.processed.extend(s.processed)
                 self.deferred.alarms.extend(s.alarms)
                 self.deferred.outbox.extend(s.outbox)
                 self.deferred.replies.update(s.replies)
-                self.memory.mark_dirty(key, s.live, now)
+                self.memory.mark_dirty(key, live, now)
         if escalate:  # a strict call commits everything pending before its reply
             touched.extend(self._take_all_dirty(batch, skip={k for k, _ in touched}))
         return touched

@@ -100,7 +100,9 @@ class PartitionRunner(threading.Thread):
                 if exc.stale_epoch:
                     log.error(
                         "zombie writer: partition %s epoch %s was taken over; giving it up: %s",
-                        self.partition, self.epoch, exc,
+                        self.partition,
+                        self.epoch,
+                        exc,
                     )
                     reason = "zombie"
                     break
@@ -168,8 +170,9 @@ class PartitionRunner(threading.Thread):
         try:
             self.publish_outbox(outbox)
         except Exception:
-            log.warning("partition %s: outbox publish failed; will retry", self.partition,
-                        exc_info=True)
+            log.warning(
+                "partition %s: outbox publish failed; will retry", self.partition, exc_info=True
+            )
             self._outbox_backlog = True
             return
         self.processor.store.forget_outbox([m.message_id for m in outbox])
