@@ -57,7 +57,7 @@ def test_keyword_arguments_of_the_task_are_understood() -> None:
         (envelope(["c", "i", {"op": "get"}], task_id=""), "id=''"),
         (envelope([], body=b"not json"), "not a JSON"),
         (envelope([], body=b"[1, 2]"), "not a JSON"),
-        (b"x" * (LIMIT * 2 + 1), "exceeds the limit"),
+        (envelope(["c", "i", {"op": "set", "args": ["x" * LIMIT * 2]}]), "exceeds the limit"),
         (envelope(["c", "i", {"op": "set", "args": ["x" * (LIMIT + 1)]}]), "exceeds the limit"),
     ],
     ids=[
