@@ -213,8 +213,8 @@ def test_cancelled_alarms_and_alarms_of_a_failed_handler_never_fire(workers, bea
 def test_a_replaced_alarm_fires_only_at_its_new_time(workers, beat) -> None:  # type: ignore[no-untyped-def]
     """Given an alarm due soon, when it is replaced by one due 2 s later and a message for
     the old scheduling is delivered anyway, then it fires once, at the new time."""
-    from workers import app
-    from workers.alarms import publisher
+    from workers import send_to_entity
+    from workers.alarms import alarm_call
 
     workers.start(1, **FAST)
     beat.start(1)
@@ -223,7 +223,8 @@ def test_a_replaced_alarm_fires_only_at_its_new_time(workers, beat) -> None:  # 
     call("alarmed", "r", "schedule", "x", 0.5, "old")
     old = store.get_alarm("alarmed", "r", "x")
     entities.schedule_alarm("alarmed", "r", "x", 2.0, "new")
-    publisher(app)([old])  # a dispatch of the old scheduling, arriving after the replacement
+    task_id, args = alarm_call(old)  # a dispatch of the old scheduling, after the replacement
+    send_to_entity.apply_async(args, task_id=task_id, ignore_result=True)
     eventually(lambda: fired("r") == ["x"], timeout_s=30)
     ((_name, payload, fired_at),) = state("alarmed", "r")["fired"]
     assert payload == "new"

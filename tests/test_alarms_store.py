@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from entities import ConfigurationError, clock
-from entities.messages import OP_ALARM
+from entities.messages import OP_ALARM, parse_envelope
 from entities.migrate import upgrade
-from entities.routing import TASK_NAME
+from entities.routing import partition_for, queue_name
 from entities.settings import Settings, from_env
 from entities.store import Alarm, AlarmChange, AlarmOutcome, CommitBatch, SQLStore
 from entities.transport import celery_config
@@ -250,49 +250,26 @@ def test_dispatch_publishes_no_skipped_alarm_and_says_so(
     assert "ENTITIES_ALARM_MISFIRE=skip" in caplog.text
 
 
-class FakeApp:
-    """Records what the publisher sends, and on which producer."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, object]] = []
-        self.producers = 0
-
-    @contextlib.contextmanager
-    def producer_or_acquire(self) -> Iterator[object]:
-        self.producers += 1
-        yield f"producer-{self.producers}"
-
-    def send_task(self, name: str, **options: object) -> None:
-        self.sent.append({"name": name, **options})
-
-
-@pytest.mark.no_services
-def test_an_alarm_is_published_as_a_send_to_entity_call_with_a_dedup_task_id() -> None:
-    """Given two claimed alarms, then both go out on one producer as silent send_to_entity
-    calls whose task id names the scheduling and the attempt."""
-    app = FakeApp()
+def test_alarms_are_pushed_to_their_partitions_as_send_to_entity_calls(redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given two claimed alarms, then each lands in its entity's partition queue as a
+    silent send_to_entity call whose task id names the scheduling and the attempt."""
     alarms = [
         Alarm("t", "a", "x", at(0), None, "sched1", attempts=0),
         Alarm("t", "b", "y", at(0), None, "sched2", attempts=3),
     ]
-    publisher(app)(alarms)
-    assert app.producers == 1
-    assert app.sent == [
-        {
-            "name": TASK_NAME,
-            "args": ["t", "a", {"op": OP_ALARM, "args": ["x", "sched1", 0]}],
-            "task_id": "alarm-sched1-0",
-            "ignore_result": True,
-            "producer": "producer-1",
-        },
-        {
-            "name": TASK_NAME,
-            "args": ["t", "b", {"op": OP_ALARM, "args": ["y", "sched2", 3]}],
-            "task_id": "alarm-sched2-3",
-            "ignore_result": True,
-            "producer": "producer-1",
-        },
-    ]
+    publisher(redis_client, 16)(alarms)
+    for alarm in alarms:
+        queue = queue_name(partition_for("t", alarm.entity_id, 16))
+        (raw,) = redis_client.lrange(queue, 0, -1)
+        env = parse_envelope(raw, 1 << 20)
+        assert (env.error, env.bad, env.silent) == (None, None, True)
+        assert env.task_id == f"alarm-{alarm.scheduling_id}-{alarm.attempts}"
+        assert (env.entity_type, env.entity_id, env.op, env.args) == (
+            "t",
+            alarm.entity_id,
+            OP_ALARM,
+            [alarm.name, alarm.scheduling_id, alarm.attempts],
+        )
 
 
 @pytest.mark.no_services

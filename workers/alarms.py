@@ -3,10 +3,12 @@
 Every ``alarm_poll_s`` (ENTITIES_ALARM_POLL, 0.25 s) beat sends
 ``entities.dispatch_alarms``. The worker that takes it claims due alarms in
 batches, earliest first (``FOR UPDATE SKIP LOCKED`` on Postgres), commits the
-claim, then publishes one ``__alarm__`` message per alarm to its entity's
-partition. The entity fires the alarm only if the stored row is still that
-scheduling (same scheduling id, attempt count, status ``scheduled``) and
-removes it in the commit that holds the handler's effect. Hence:
+claim, then pushes one ``__alarm__`` message per alarm onto its entity's
+partition queue, a batch per Redis round trip; it goes on while batches come
+back full (for at most ``BUDGET_S``). The entity fires the alarm only if the
+stored row is still that scheduling (same scheduling id, attempt count, status
+``scheduled``) and removes it in the commit that holds the handler's effect.
+Hence:
 
 - a cancelled or replaced alarm never fires: its scheduling is gone;
 - a message sent twice (a second beat, a redispatch, a broker redelivery)
@@ -45,13 +47,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from entities import clock
 from entities.messages import OP_ALARM
-from entities.routing import TASK_NAME
+from entities.routing import partition_for, queue_name
 from entities.settings import Settings, get_settings
 from entities.store import Alarm, SQLStore, Store
-from entities.transport import DISPATCH_ALARMS_TASK
+from entities.transport import DISPATCH_ALARMS_TASK, celery_message
 from workers.app import app
+from workers.broker import redis_from_url
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,7 @@ BUDGET_S = 2.0
 Publisher = Callable[[list[Alarm]], None]
 
 _lock = threading.Lock()
-_stores: dict[int, SQLStore] = {}
+_opened: dict[int, tuple[SQLStore, redis.Redis]] = {}
 
 
 def alarm_call(alarm: Alarm) -> tuple[str, list[Any]]:
@@ -111,36 +116,47 @@ def dispatch(
             return sent
 
 
-def publisher(celery_app: Any) -> Publisher:
-    """Publishes alarm messages through ``celery_app`` on one producer connection."""
+def publisher(client: redis.Redis, partitions: int) -> Publisher:
+    """Pushes alarm messages onto their partition queues, a whole batch in one round trip.
+
+    Each is the message ``send_task`` would leave there (see
+    :func:`entities.transport.celery_message`); going through Celery costs
+    two round trips per message, which would cap dispatch at a few hundred
+    alarms a second.
+    """
 
     def publish(alarms: list[Alarm]) -> None:
-        with celery_app.producer_or_acquire() as producer:
+        with client.pipeline(transaction=False) as pipe:
             for alarm in alarms:
-                task_id, args = alarm_call(alarm)
-                celery_app.send_task(
-                    TASK_NAME, args=args, task_id=task_id, ignore_result=True, producer=producer
+                task_id, (entity_type, entity_id, msg) = alarm_call(alarm)
+                queue = queue_name(partition_for(entity_type, entity_id, partitions))
+                pipe.lpush(
+                    queue,
+                    celery_message(entity_type, entity_id, msg, task_id, ignore_result=True),
                 )
+            pipe.execute()
 
     return publish
 
 
-def _store(settings: Settings) -> SQLStore:
-    """This process's store for dispatching (a forked pool child opens its own)."""
+def _connections(settings: Settings) -> tuple[SQLStore, redis.Redis]:
+    """This process's store and Redis client for dispatching (a forked child opens its own)."""
     pid = os.getpid()
     with _lock:
-        store = _stores.get(pid)
-        if store is None:
-            for inherited in _stores.values():  # the parent's connections are not ours to close
-                inherited.engine.dispose(close=False)
-            _stores.clear()
-            store = _stores[pid] = SQLStore(settings.database_url, pool_size=2)
+        found = _opened.get(pid)
+        if found is None:
+            for store, _client in _opened.values():  # the parent's sockets are not ours to close
+                store.engine.dispose(close=False)
+            _opened.clear()
+            store = SQLStore(settings.database_url, pool_size=2)
             store.check_schema()
-        return store
+            found = _opened[pid] = (store, redis_from_url(settings.broker_url))
+        return found
 
 
 @app.task(name=DISPATCH_ALARMS_TASK, ignore_result=True, acks_late=False)  # type: ignore[untyped-decorator]
 def dispatch_alarms() -> int:
     """Sends every due alarm to its entity (beat runs this every ENTITIES_ALARM_POLL s)."""
     settings = get_settings()
-    return dispatch(_store(settings), settings, publisher(app))
+    store, client = _connections(settings)
+    return dispatch(store, settings, publisher(client, settings.partitions))

@@ -9,7 +9,6 @@ commit of the old one. Driver errors become StoreError here and nowhere else.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -401,7 +400,7 @@ class SQLStore(Store):
                     for w in updates
                 ]
             )
-            stmt = (
+            update = (
                 sa.update(t.snapshots)
                 .where(
                     (s.entity_type == v.c.k_type)
@@ -416,7 +415,7 @@ class SQLStore(Store):
                 )
                 .returning(s.entity_type, s.entity_id)
             )
-            done = {(r.entity_type, r.entity_id) for r in conn.execute(stmt)}
+            done = {(r.entity_type, r.entity_id) for r in conn.execute(update)}
             stale = [w for w in updates if (w.entity_type, w.entity_id) not in done]
             if stale:
                 w = stale[0]
@@ -569,46 +568,38 @@ class SQLStore(Store):
         a = t.alarms.c
         now = _utc(now)
         stale = now - dt.timedelta(seconds=redispatch_after_s)
-        due = (
-            sa.select(t.alarms)
-            .where(
-                (a.status == "scheduled")
-                & (a.fire_at <= now)
-                & (a.dispatched_at.is_(None) | (a.dispatched_at < stale))
-            )
+        due = (a.status == "scheduled") & (a.fire_at <= now)
+        due &= a.dispatched_at.is_(None) | (a.dispatched_at < stale)
+        with self._tx() as conn:
+            skipped: list[Alarm] = []
+            if skip_before is not None:
+                late = due & (a.fire_at < _utc(skip_before))
+                reason = (
+                    f"skipped: more than {(now - _utc(skip_before)).total_seconds():g} s late "
+                    f"when dispatched at {now.isoformat()} (misfire policy skip)"
+                )
+                skipped = self._claim(
+                    conn, late, limit, dispatched_at=now, status="skipped", last_error=reason
+                )
+            claimed = []
+            if len(skipped) < limit:
+                claimed = self._claim(conn, due, limit - len(skipped), dispatched_at=now)
+        return sorted(skipped + claimed, key=lambda x: x.fire_at)
+
+    @staticmethod
+    def _claim(conn: Connection, where: Any, limit: int, **values: Any) -> list[Alarm]:
+        """Updates the ``limit`` earliest alarms matching ``where`` that no one else locked."""
+        a = t.alarms.c
+        earliest = (
+            sa.select(a.entity_type, a.entity_id, a.name)
+            .where(where)
             .order_by(a.fire_at)
             .limit(limit)
             .with_for_update(skip_locked=True)  # no-op on SQLite, where writers queue
         )
-        reason = None
-        if skip_before is not None:
-            reason = (
-                f"skipped: more than {(now - _utc(skip_before)).total_seconds():g} s late "
-                f"when dispatched at {now.isoformat()} (misfire policy skip)"
-            )
-        with self._tx() as conn:
-            alarms = [_alarm(r) for r in conn.execute(due).all()]
-            if skip_before is not None:
-                cutoff = _utc(skip_before)
-                alarms = [
-                    dataclasses.replace(x, status="skipped", last_error=reason)
-                    if x.fire_at < cutoff
-                    else x
-                    for x in alarms
-                ]
-            claimed = [x for x in alarms if x.status == "scheduled"]
-            late = [x for x in alarms if x.status == "skipped"]
-            self._mark(conn, claimed, dispatched_at=now)
-            self._mark(conn, late, dispatched_at=now, status="skipped", last_error=reason)
-        return alarms
-
-    @staticmethod
-    def _mark(conn: Connection, alarms: list[Alarm], **values: Any) -> None:
-        if alarms:
-            a = t.alarms.c
-            key = sa.tuple_(a.entity_type, a.entity_id, a.name)
-            keys = [(x.entity_type, x.entity_id, x.name) for x in alarms]
-            conn.execute(sa.update(t.alarms).where(key.in_(keys)).values(**values))
+        key = sa.tuple_(a.entity_type, a.entity_id, a.name)
+        update = sa.update(t.alarms).where(key.in_(earliest)).values(**values)
+        return [_alarm(r) for r in conn.execute(update.returning(*t.alarms.c)).all()]
 
     def failed_alarms(self, entity_type: str | None = None, limit: int = 100) -> list[Alarm]:
         a = t.alarms.c
