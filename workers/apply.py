@@ -14,7 +14,7 @@ import logging
 import uuid
 from typing import Any
 
-from entities import clock, codec, registry
+from entities import clock, codec, registry, telemetry
 from entities.errors import BadMessage, StateError
 from entities.messages import OP_ALARM, OP_DELETE, Envelope
 from entities.model import Entity
@@ -89,7 +89,11 @@ class Applier:
             if e.error is None and e.bad is None and e.key not in self.memory
         }
         self._prefetched = missing
-        self._snapshots = self.store.load_many(missing) if missing else {}
+        if not missing:
+            self._snapshots = {}
+            return
+        with telemetry.span("storage.load", partition=self.partition, count=len(missing)):
+            self._snapshots = self.store.load_many(missing)
 
     def apply(self, env: Envelope, staged: dict[Key, Staged]) -> Outcome:
         """Applies one well-formed message; never raises for the message's own faults."""
@@ -114,7 +118,8 @@ class Applier:
     def _snapshot(self, key: Key) -> Snapshot | None:
         if key in self._prefetched:
             return self._snapshots.get(key)
-        return self.store.load(*key)
+        with telemetry.span("storage.load", partition=self.partition, count=1):
+            return self.store.load(*key)
 
     def activate(self, cls: type[Entity], key: Key) -> Live:
         """The entity in memory, loading (and upgrading) it and running after_load if needed."""
@@ -133,6 +138,13 @@ class Applier:
             encoded = snapshot.state if snapshot.vsn == class_vsn else obj.encode_state()
             live = Live(cls, obj, snapshot.version, snapshot.vsn, encoded)
         obj.after_load()
+        telemetry.emit(
+            "entity.activate",
+            entity_type=key[0],
+            entity_id=key[1],
+            version=live.version,
+            vsn=live.vsn,
+        )
         self.memory.put(key, live)
         return live
 
@@ -256,6 +268,14 @@ class Applier:
                     done, attempts=attempts, error=f"{type(exc).__name__}: {exc}", retry_at=retry_at
                 )
             )
+            telemetry.emit(
+                "alarm.failed",
+                entity_type=key[0],
+                entity_id=key[1],
+                name=name,
+                attempts=attempts,
+                error=repr(exc),
+            )
 
         try:
             live = self.activate(cls, key)
@@ -270,6 +290,7 @@ class Applier:
             st = _stage(staged, key, live)
             st.alarm_outcomes.append(done)
             st.strict = True
+            telemetry.emit("alarm.fired", entity_type=key[0], entity_id=key[1], name=name)
             if not st.changed:
                 st.changed = True
                 st.processed.append(

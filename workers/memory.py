@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from entities import telemetry
 from entities.model import Entity
 
 Key = tuple[str, str]
@@ -150,10 +151,10 @@ class EntityMemory:
         blocked = False
         limit = self._max_resident()
         soonest = _soonest_timer_s()
-        for key, live in list(self._items.items()):
+        for key, live in self._items.items():
             idle = now - live.last_used
             opts = live.cls.__entity_options__
-            over = len(self._items) > limit
+            over = len(self._items) - len(evicted) > limit
             shutdown = opts.shutdown_after_s is not None and idle >= opts.shutdown_after_s
             if not over and idle < opts.hibernate_after_s and not shutdown:
                 if idle < soonest:
@@ -164,10 +165,12 @@ class EntityMemory:
                     blocked = True
                 continue
             if over or shutdown:
-                del self._items[key]
                 evicted.append(key)
-            else:
+            elif live.obj is not None:
                 live.hibernate()
+                telemetry.emit("entity.hibernate", entity_type=key[0], entity_id=key[1])
+        for key in evicted:
+            self._items.pop(key, None)
         return evicted, blocked
 
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from entities import telemetry
 from entities.errors import BadMessage, FenceError, StoreError
 from entities.messages import Envelope, parse_envelope
 from entities.routing import queue_name
@@ -129,6 +130,7 @@ class Processor:
                 if exc.stale_epoch:
                     raise
                 self.conflicts += 1
+                telemetry.emit("entity.conflict", partition=self.partition, error=str(exc))
                 log.warning("partition %s: version conflict, reloading: %s", self.partition, exc)
             except BaseException:
                 self.reset()
@@ -145,17 +147,46 @@ class Processor:
         batch = CommitBatch(self.partition, epoch)
         try:
             touched = self._take_all_dirty(batch)
-            self.store.commit(batch)
+            self._commit(batch)
         except BaseException:
             self.reset()
             raise
         self._committed(touched)
+        telemetry.emit("entity.flush", {"entities": len(touched)}, partition=self.partition)
         return batch.outbox
 
     def sweep(self) -> bool:
         """Hibernates and evicts idle entities; True if a flush is needed to evict more."""
-        _evicted, blocked = self.memory.sweep()
+        evicted, blocked = self.memory.sweep()
+        if telemetry.enabled():
+            for entity_type, entity_id in evicted:
+                telemetry.emit(
+                    "entity.passivate",
+                    entity_type=entity_type,
+                    entity_id=entity_id,
+                    reason="idle or over the resident bound",
+                )
         return blocked
+
+    def _commit(self, batch: CommitBatch) -> None:
+        if not batch:
+            return
+        with telemetry.span(
+            "storage.save",
+            partition=self.partition,
+            entities=len(batch.writes),
+            messages=len(batch.processed),
+        ):
+            self.store.commit(batch)
+        if telemetry.enabled():
+            for w in batch.writes:
+                if w.state is None:
+                    telemetry.emit(
+                        "storage.delete",
+                        entity_type=w.entity_type,
+                        entity_id=w.entity_id,
+                        version=w.expected_version,
+                    )
 
     def _process_once(self, envelopes: list[Envelope], epoch: int | None) -> BatchResult:
         ids = [e.task_id for e in envelopes if e.task_id and e.error is None]
@@ -173,6 +204,9 @@ class Processor:
                     )
                 )
                 log.warning("partition %s: dead-lettered a message: %s", self.partition, env.error)
+                telemetry.emit(
+                    "message.dead_lettered", queue=queue_name(self.partition), reason=env.error
+                )
                 if env.task_id:
                     outcomes.append(Outcome.failure(env.task_id, BadMessage(env.error), env.silent))
                 continue
@@ -187,7 +221,7 @@ class Processor:
             outcomes.append(outcome)
         batch = CommitBatch(self.partition, epoch, dead_letters=dead)
         touched = self._stage(staged, batch)
-        self.store.commit(batch)
+        self._commit(batch)
         self._committed(touched)
         return BatchResult(outcomes, batch.outbox)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import redis
 
+from entities import telemetry
 from entities.errors import FenceError, StoreError
 from entities.store import OutboxMessage
 from workers.broker import PartitionQueues
@@ -105,6 +106,7 @@ class PartitionRunner(threading.Thread):
                         exc,
                     )
                     reason = "zombie"
+                    telemetry.emit("partition.zombie", partition=self.partition, epoch=self.epoch)
                     break
                 backoff = self._recover(backoff, exc)
             except (StoreError, redis.RedisError, OSError) as exc:
@@ -129,11 +131,17 @@ class PartitionRunner(threading.Thread):
             wait = WAIT_S if due is None else max(0.001, min(WAIT_S, due))
             self.queues.wait(self.partition, wait)
             return True
+        started = time.perf_counter()
         result = self.processor.process(raws, self.epoch)
         self.replies.write(result.outcomes)
         self._publish(result.outbox)
         self.pending += len(raws)
         self.applied += len(raws)
+        telemetry.emit(
+            "message.applied",
+            {"messages": len(raws), "duration_s": time.perf_counter() - started},
+            partition=self.partition,
+        )
         if not self.processor.dirty:
             return self._ack()
         if self.pending >= self.processor.settings.max_unacked:
