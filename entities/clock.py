@@ -3,8 +3,8 @@
 Every stored time is read through :func:`now`: alarm fire times, alarm retry
 times, and the timestamps the store writes. Idle timers, flush intervals and
 leases measure durations with ``time.monotonic`` and do not follow this clock.
-The clock is process-wide; only ``entities.testing`` replaces it, for tests that
-run the runtime in-process.
+The clock is process-wide; only the test kit's harness (``workers.testing``)
+replaces it, for tests that run the runtime in-process.
 """
 
 from __future__ import annotations

@@ -305,3 +305,35 @@ def test_beat_sends_the_dispatch_task_every_alarm_poll_seconds_with_a_short_expi
     }
     with pytest.raises(ConfigurationError, match="fire_once, skip"):
         from_env({**env, "ENTITIES_ALARM_MISFIRE": "fire_all"})
+
+
+@pytest.mark.no_services
+def test_celery_logs_each_dispatch_run_only_at_debug() -> None:
+    """Given Celery's loggers at INFO, then its per-run lines about the dispatch task are
+    dropped and those about other tasks kept; at DEBUG, all are kept."""
+    import logging
+
+    import workers.alarms  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("celery.app.trace")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    try:
+        for at_level in (logging.INFO, logging.DEBUG):
+            logger.setLevel(at_level)
+            for task in ("entities.dispatch_alarms", "entities.send_to_entity"):
+                logger.info("Task %(name)s[%(id)s] succeeded", {"name": task, "id": "x"})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert seen == [
+        "Task entities.send_to_entity[x] succeeded",
+        "Task entities.dispatch_alarms[x] succeeded",
+        "Task entities.send_to_entity[x] succeeded",
+    ]
