@@ -38,3 +38,28 @@ def inflight_key(partition: int) -> str:
 def lease_key(partition: int) -> str:
     """The Redis key whose value is the token of the partition's current owner."""
     return f"{queue_name(partition)}.lease"
+
+
+def paused_key(partition: int) -> str:
+    """The Redis flag that pauses a whole partition while it exists."""
+    return f"{queue_name(partition)}.paused"
+
+
+def held_set_key(partition: int) -> str:
+    """The Redis set of paused entities (``entity_key`` members) of a partition."""
+    return f"{queue_name(partition)}.held"
+
+
+def resume_set_key(partition: int) -> str:
+    """The Redis set of paused entities whose owner should resume them."""
+    return f"{queue_name(partition)}.resume"
+
+
+def entity_key(entity_type: str, entity_id: str) -> str:
+    """One entity as a Redis set member (ids may hold any character but NUL)."""
+    return f"{entity_type}\x00{entity_id}"
+
+
+def held_list_key(partition: int, member: str) -> str:
+    """The Redis list of a paused entity's held messages, oldest first."""
+    return f"{held_set_key(partition)}:{member}"

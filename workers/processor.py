@@ -54,6 +54,7 @@ class BatchResult:
 
     outcomes: list[Outcome]
     outbox: list[OutboxMessage]
+    held: dict[Key, list[bytes]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -113,7 +114,9 @@ class Processor:
 
     # -- batches --------------------------------------------------------------
 
-    def process(self, raws: list[bytes], epoch: int | None) -> BatchResult:
+    def process(
+        self, raws: list[bytes], epoch: int | None, held: frozenset[Key] = frozenset()
+    ) -> BatchResult:
         """Applies ``raws`` (oldest first); commits what must be committed before replying.
 
         Raises FenceError(stale_epoch=True) if this owner lost the partition,
@@ -124,7 +127,7 @@ class Processor:
         envelopes = [parse_envelope(r, self.settings.max_message_bytes) for r in raws]
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                return self._process_once(envelopes, epoch)
+                return self._process_once(envelopes, epoch, held)
             except FenceError as exc:
                 self.reset()
                 if exc.stale_epoch:
@@ -188,7 +191,18 @@ class Processor:
                         version=w.expected_version,
                     )
 
-    def _process_once(self, envelopes: list[Envelope], epoch: int | None) -> BatchResult:
+    def _process_once(
+        self, envelopes: list[Envelope], epoch: int | None, held: frozenset[Key]
+    ) -> BatchResult:
+        holding: dict[Key, list[bytes]] = {}
+        if held:  # paused entities: their messages are set aside, in order, unapplied
+            kept = []
+            for env in envelopes:
+                if env.error is None and env.key in held:
+                    holding.setdefault(env.key, []).append(env.raw)
+                else:
+                    kept.append(env)
+            envelopes = kept
         ids = [e.task_id for e in envelopes if e.task_id and e.error is None]
         done = self.store.processed(ids)
         self.applier.prefetch(envelopes)
@@ -223,7 +237,7 @@ class Processor:
         touched = self._stage(staged, batch)
         self._commit(batch)
         self._committed(touched)
-        return BatchResult(outcomes, batch.outbox)
+        return BatchResult(outcomes, batch.outbox, holding)
 
     def _stage(self, staged: dict[Key, Staged], batch: CommitBatch) -> list[tuple[Key, Live]]:
         """Splits this batch's changes into the commit and the deferred set."""

@@ -23,6 +23,7 @@ from entities import telemetry
 from entities.errors import FenceError, StoreError
 from entities.store import OutboxMessage
 from workers.broker import PartitionQueues
+from workers.holds import Holds
 from workers.processor import Processor
 from workers.replies import ReplyWriter
 
@@ -71,6 +72,7 @@ class PartitionRunner(threading.Thread):
         self.applied = 0
         self.pending = 0  # oldest in-flight messages applied but not acknowledged
         self._outbox_backlog = True  # a previous owner may have left messages to publish
+        self.holds = Holds(queues.client, partition)
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
 
     def stop(self) -> None:
@@ -123,6 +125,16 @@ class PartitionRunner(threading.Thread):
         self._timers()
         if self._outbox_backlog:
             self._publish_backlog()
+        control = self.holds.refresh()
+        if control.resume:
+            self._flush()  # resuming needs every in-flight message unprocessed
+            if not self.holds.resume(self.token):
+                return False
+            control = self.holds.control
+        if control.paused:
+            self._stopping.wait(WAIT_S / 2)
+            self.holds.refresh(force=True)
+            return True
         raws = self.queues.fetch(self.partition, self.token, self.batch_size, self.pending)
         if raws is None:
             return False
@@ -132,9 +144,11 @@ class PartitionRunner(threading.Thread):
             self.queues.wait(self.partition, wait)
             return True
         started = time.perf_counter()
-        result = self.processor.process(raws, self.epoch)
+        result = self.processor.process(raws, self.epoch, control.held)
         self.replies.write(result.outcomes)
         self._publish(result.outbox)
+        if result.held:
+            self.holds.hold(result.held)
         self.pending += len(raws)
         self.applied += len(raws)
         telemetry.emit(
