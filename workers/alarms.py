@@ -72,11 +72,8 @@ _opened: dict[int, tuple[SQLStore, redis.Redis]] = {}
 def alarm_call(alarm: Alarm) -> tuple[str, list[Any]]:
     """The task id and send_to_entity arguments that fire one attempt of one scheduling."""
     msg = {"op": OP_ALARM, "args": [alarm.name, alarm.scheduling_id, alarm.attempts]}
-    return f"alarm-{alarm.scheduling_id}-{alarm.attempts}", [
-        alarm.entity_type,
-        alarm.entity_id,
-        msg,
-    ]
+    task_id = f"alarm-{alarm.scheduling_id}-{alarm.attempts}"
+    return task_id, [alarm.entity_type, alarm.entity_id, msg]
 
 
 def claim(

@@ -120,7 +120,7 @@ class Harness:
 
     def flush(self) -> None:
         """Commits what relaxed (``interval``, ``on_stop``) entities hold, as a graceful stop."""
-        for partition, processor in self._processors.items():
+        for partition, processor in list(self._processors.items()):
             self._publish(processor.flush(None))
             self._unacked[partition].clear()
 
@@ -174,7 +174,7 @@ class Harness:
         raise_errors: bool = True,
     ) -> int:
         """Fires due alarms one by one, earliest first, moving the clock to each; returns
-        how many fired.
+        how many firings ran (a retry counts again).
 
         Alarms scheduled while draining are drained too, so this runs until no
         alarm is left, or, with ``within``, none is due before now + within
