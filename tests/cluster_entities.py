@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from entities import Entity, handler
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from entities import Entity, field, handler
 
 
 class Tally(Entity, name="tally"):
@@ -25,3 +30,19 @@ class RelaxedTally(Entity, name="relaxed_tally", durability="interval", flush_in
     def add(self) -> int:
         self.count += 1
         return self.count
+
+
+class Stall(Entity, name="stall"):
+    """Records who applied each message and when; can announce a handler start in a file."""
+
+    log: list[Any] = field(default_factory=list)
+
+    @handler
+    def record(self, seq: int, hold_s: float = 0.0, started_file: str | None = None) -> int:
+        start = time.time()
+        if started_file:
+            Path(started_file).write_text(str(os.getpid()))
+        if hold_s:
+            time.sleep(hold_s)
+        self.log.append([seq, os.getpid(), start, time.time()])
+        return len(self.log)

@@ -250,7 +250,14 @@ class PartitionService:
         """This worker's fair share of the partitions: ceil(partitions / live workers)."""
         return math.ceil(self.settings.partitions / max(1, self.live))
 
+    def _count_live(self) -> int:
+        """Workers whose heartbeat has not expired, counted now (a dead one drops out as
+        soon as its entry expires, which is when its leases expire too)."""
+        live = int(self.redis.zcount(WORKERS_KEY, f"({int(time.time() * 1000)}", "+inf"))
+        return max(1, live)
+
     def _rebalance(self) -> None:
+        self.live = self._count_live()
         share = self.share()
         with self._lock:
             active = sorted(p for p, r in self.runners.items() if not r.stopping)
