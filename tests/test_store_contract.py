@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from entities import ConfigurationError, Entity, FenceError, SchemaError, StoreError, field
+from entities import ConfigurationError, Entity, FenceError, SchemaError, StoreError, clock, field
 from entities.migrate import upgrade
 from entities.store import (
     AlarmChange,
@@ -381,6 +381,32 @@ class TestStoreContract:
         backend.forget_outbox(["o1", "o3"])
         backend.forget_outbox([])
         assert [m.message_id for m in backend.pending_outbox(3)] == ["o2"]
+
+    @pytest.mark.parametrize("skew_s", [0.0, -30.0], ids=["clock stands still", "clock behind"])
+    def test_a_later_commits_outbox_comes_after_whatever_the_clock(
+        self, backend: SQLStore, skew_s: float
+    ) -> None:
+        """Given a commit of three outbox messages, when the next commit's clock stands still or
+        runs behind (another host), then its messages still come after the first three."""
+        start = dt.datetime(2030, 1, 1, tzinfo=UTC)
+        times = iter([start, start + dt.timedelta(seconds=skew_s)])
+        previous = clock.install(lambda: current)
+        try:
+            current = next(times)
+            backend.commit(
+                CommitBatch(
+                    2,
+                    None,
+                    outbox=[OutboxMessage(f"a{i}", 2, "t", "x", {"op": "a"}) for i in range(3)],
+                )
+            )
+            current = next(times)
+            backend.commit(
+                CommitBatch(2, None, outbox=[OutboxMessage("b0", 2, "t", "x", {"op": "b"})])
+            )
+        finally:
+            clock.install(previous)
+        assert [m.message_id for m in backend.pending_outbox(2)] == ["a0", "a1", "a2", "b0"]
 
     def test_dead_letters_are_kept_newest_first_with_their_reason(self, backend: SQLStore) -> None:
         """Given dead letters (one with NUL bytes), then they are listed newest first."""

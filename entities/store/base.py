@@ -271,7 +271,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def pending_outbox(self, partition: int, limit: int = 500) -> list[OutboxMessage]:
-        """Outbox messages of ``partition`` committed but not yet published, oldest first."""
+        """Outbox messages of ``partition`` not yet published, in commit order (not clock order)."""
 
     @abc.abstractmethod
     def forget_outbox(self, message_ids: Sequence[str]) -> None:
