@@ -236,7 +236,12 @@ def _decode_dataclass(classes: list[type], data: dict[str, Any], path: str) -> A
         if set(data) <= names:
             hints = _hints(cls)
             values = {k: decode(v, hints.get(k, Any), f"{path}.{k}") for k, v in data.items()}
-            return cls(**values)
+            try:
+                return cls(**values)
+            except TypeError as exc:  # e.g. a field added to the class without a default
+                raise StateError(
+                    f"{path}: stored object cannot be rebuilt as {cls.__name__}: {exc}"
+                ) from None
     raise StateError(
         f"{path}: stored object with keys {sorted(data)} matches none of "
         f"{[c.__name__ for c in classes]}"

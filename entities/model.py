@@ -66,6 +66,11 @@ def field(*, default: Any = _MISSING, default_factory: Callable[[], Any] | None 
     """Declares a state field's default; use ``default_factory`` for mutable values."""
     if (default is _MISSING) == (default_factory is None):
         raise DefinitionError("field() takes exactly one of default= or default_factory=")
+    if _is_mutable(default):
+        raise DefinitionError(
+            f"field(default={default!r}): a mutable default would be shared by every entity; "
+            "use field(default_factory=...)"
+        )
     return FieldSpec(default=default, default_factory=default_factory)
 
 
@@ -348,6 +353,12 @@ def _is_classvar(annotation: Any) -> bool:
 _MUTABLE = (list, dict, set)
 
 
+def _is_mutable(default: Any) -> bool:
+    return isinstance(default, _MUTABLE) or (
+        dataclasses.is_dataclass(default) and not isinstance(default, type)
+    )
+
+
 def _collect_fields(cls: type[Entity]) -> dict[str, FieldSpec]:
     fields: dict[str, FieldSpec] = {}
     for klass in reversed(cls.__mro__):
@@ -366,7 +377,7 @@ def _collect_fields(cls: type[Entity]) -> dict[str, FieldSpec]:
                     f"{cls.__qualname__}.{fname} has no default; state fields need one "
                     f"(`{fname}: ... = <default>` or entities.field(default_factory=...))"
                 )
-            elif isinstance(default, _MUTABLE) or dataclasses.is_dataclass(default):
+            elif _is_mutable(default):
                 raise DefinitionError(
                     f"{cls.__qualname__}.{fname}: a mutable default would be shared by every "
                     f"entity; use entities.field(default_factory=...)"

@@ -294,6 +294,14 @@ def test_an_int_too_long_to_read_back_is_refused() -> None:
     assert "int" in str(err.value)
 
 
+def test_a_stored_object_missing_a_required_field_is_a_state_error() -> None:
+    """Given a stored Point without its required y, when decoded, then StateError names it."""
+    with pytest.raises(StateError) as err:
+        decode({"x": 1}, Point, "e.p")
+    assert "e.p" in str(err.value)
+    assert "Point" in str(err.value)
+
+
 def test_a_malformed_stored_tag_is_a_state_error() -> None:
     """Given a stored tag with a malformed value, when decoded, then StateError names the path."""
     with pytest.raises(StateError) as err:

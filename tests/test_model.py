@@ -96,6 +96,13 @@ def test_a_mutable_default_is_refused(default: Any) -> None:
         type("Bad", (Entity,), {"__annotations__": {"items": "list"}, "items": default})
 
 
+@pytest.mark.parametrize("default", [[], {"a": 1}, {1}], ids=repr)
+def test_a_mutable_default_through_field_is_refused(default: Any) -> None:
+    """Given field(default=<list, dict or set>), then DefinitionError points to default_factory."""
+    with pytest.raises(DefinitionError, match="default_factory"):
+        field(default=default)
+
+
 def test_a_dataclass_instance_default_is_refused() -> None:
     """Given a dataclass instance as a default, then the class is refused (it would be shared)."""
     import dataclasses
