@@ -32,7 +32,8 @@ from entities.routing import (
 from entities.settings import Settings, get_settings
 from entities.store import Store
 
-#: Sorted set of live workers; each member's score is when its heartbeat expires (ms).
+#: Sorted set of live workers; each member's score is when its heartbeat expires, in
+#: milliseconds of the Redis server's clock (TIME).
 WORKERS_KEY = f"{KEY_PREFIX}.workers"
 #: Hash of worker id to the JSON stats the worker last published.
 STATS_KEY = f"{KEY_PREFIX}.stats"
@@ -183,11 +184,12 @@ def _partitions(r: redis.Redis, store: Store, count: int) -> list[PartitionStatu
 
 
 def _workers(r: redis.Redis) -> list[WorkerStatus]:
-    now_ms = dt.datetime.now(dt.UTC).timestamp() * 1000
     with r.pipeline(transaction=False) as pipe:
+        pipe.time()  # heartbeats expire in the server's time, not this host's
         pipe.zrange(WORKERS_KEY, 0, -1, withscores=True)
         pipe.hgetall(STATS_KEY)
-        beats, stats = pipe.execute()
+        (seconds, micros), beats, stats = pipe.execute()
+    now_ms = seconds * 1000 + micros // 1000
     alive = {_text(m) for m, expires in beats if expires > now_ms}
     seen: dict[str, dict[str, Any]] = {}
     for key, raw in stats.items():

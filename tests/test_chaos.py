@@ -250,3 +250,34 @@ def test_failover_time_after_kill_9_is_measured(
         )
         workers.start(1, ENTITIES_LEASE_TTL=str(ttl_s), wait=False)
     report(capsys, "\n".join(lines))
+
+
+def test_a_writer_stalled_inside_its_commit_does_not_block_the_next_owner(workers) -> None:  # type: ignore[no-untyped-def]
+    """Given a worker session stalled inside a commit (holding the share lock on a
+    partition's epoch, as a worker paused mid-commit does), when a worker claims that
+    partition, then Postgres ends the stalled session after the lease TTL, the claim goes
+    through and the partition serves; the stalled writer can commit nothing."""
+    import os
+
+    import sqlalchemy as sa
+
+    from entities.store import schema
+    from workers import send_to_entity
+    from workers.service import worker_database_url
+
+    partition = partition_for("tally", "stuck", PARTITIONS)
+    engine = sa.create_engine(worker_database_url(os.environ["ENTITIES_DATABASE_URL"], 2.0))
+    stalled = engine.connect()
+    stalled.begin()
+    rows = schema.partitions.c
+    stalled.execute(
+        sa.select(rows.epoch).where(rows.partition == partition).with_for_update(read=True)
+    )
+    try:
+        workers.start(1)
+        assert send_to_entity.delay("tally", "stuck", {"op": "add"}).get(timeout=30) == 1
+        with pytest.raises(sa.exc.DBAPIError, match="idle-in-transaction timeout"):
+            stalled.execute(sa.text("SELECT 1"))
+    finally:
+        stalled.invalidate()
+        engine.dispose()

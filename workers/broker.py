@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import redis
 
+from entities.inspect import WORKERS_KEY
 from entities.redis_client import redis_from_url
 from entities.routing import inflight_key, lease_key, queue_name
 
@@ -61,6 +62,34 @@ end
 return out
 """
 
+# The worker registry is a sorted set scored by when each heartbeat expires, in the
+# Redis server's own milliseconds, so hosts whose clocks disagree still agree on it.
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: registry. ARGV: worker id, ttl_ms. Marks the worker live for ttl_ms, drops
+# expired entries, returns the live count. (replicate_commands: Redis 6 allows writes
+# after TIME only with effects replication; Redis 7 always replicates effects.)
+_HEARTBEAT = (
+    "redis.replicate_commands()"
+    + _NOW_MS
+    + """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+# KEYS: registry. Counts the workers whose heartbeat has not expired.
+_LIVE = (
+    _NOW_MS
+    + """
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"""
+)
+
 # KEYS: lease. ARGV: token. Deletes the lease only if it is ours.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -77,6 +106,16 @@ class PartitionQueues:
         self._ack = client.register_script(_ACK)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._live = client.register_script(_LIVE)
+
+    def heartbeat(self, worker_id: str, ttl_ms: int) -> int:
+        """Marks ``worker_id`` live for ``ttl_ms`` (server time); returns the live count."""
+        return int(self._heartbeat(keys=[WORKERS_KEY], args=[worker_id, ttl_ms]))
+
+    def live_workers(self) -> int:
+        """How many workers' heartbeats have not expired (server time)."""
+        return int(self._live(keys=[WORKERS_KEY]))
 
     def acquire(self, partition: int, token: str, ttl_ms: int) -> bool:
         """Takes the partition's lease if nobody holds it."""

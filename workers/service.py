@@ -56,6 +56,10 @@ __all__ = ["STATS_KEY", "WORKERS_KEY", "PartitionService"]
 PURGE_EVERY_S = 600.0
 #: Longest pause of the balance thread between looks for free partitions.
 BALANCE_EVERY_MAX_S = 0.25
+#: Seconds between probes of the state store by the balance thread.
+STORE_PROBE_EVERY_S = 1.0
+#: Lease TTLs the store may stay unreachable before this worker hands its partitions back.
+STORE_GRACE_TTLS = 3.0
 
 
 @dataclasses.dataclass
@@ -73,17 +77,21 @@ def worker_database_url(url: str, lease_ttl_s: float) -> str:
 
     A paused worker's open transaction would otherwise hold the partition's
     epoch row and stall the next owner's claim for as long as the pause lasts.
+    Connecting also times out (after the lease TTL, at least 2 s), so a worker
+    cut off from Postgres notices it instead of waiting on the OS.
     """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "postgresql":
         return url
+    if "connect_timeout" not in parsed.query:  # libpq's default waits on the OS (minutes)
+        parsed = parsed.update_query_dict({"connect_timeout": str(max(2, int(lease_ttl_s)))})
     timeout_ms = max(1000, int(lease_ttl_s * 1000))
     option = f"-c idle_in_transaction_session_timeout={timeout_ms}"
     existing = parsed.query.get("options")
     if isinstance(existing, tuple):
         existing = " ".join(existing)
     if existing and "idle_in_transaction_session_timeout" in existing:
-        return url
+        return parsed.render_as_string(hide_password=False)
     options = f"{existing} {option}" if existing else option
     return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
@@ -126,6 +134,8 @@ class PartitionService:
             target=self._balance_loop, name="entities-balance", daemon=True
         )
         self._last_purge = 0.0  # purge once soon after start
+        self.store_ok = True
+        self._store_ok_at = self._store_probed_at = time.monotonic()
 
     @property
     def ttl_ms(self) -> int:
@@ -201,13 +211,7 @@ class PartitionService:
 
     def _heartbeat(self) -> int:
         """Marks this worker live for one TTL and drops expired entries; returns the live count."""
-        now_ms = int(time.time() * 1000)
-        with self.redis.pipeline() as pipe:
-            pipe.zadd(WORKERS_KEY, {self.worker_id: now_ms + self.ttl_ms})
-            pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_ms)
-            pipe.zcard(WORKERS_KEY)
-            *_, live = pipe.execute()
-        return max(1, int(live))
+        return max(1, self.queues.heartbeat(self.worker_id, self.ttl_ms))
 
     def _renew(self) -> None:
         with self._lock:
@@ -237,14 +241,48 @@ class PartitionService:
         self._stopping.wait(self.settings.lease_ttl_s / 4)
         while not self._stopping.is_set():
             try:
-                self._rebalance()
-                self._publish_stats()
-                self._purge()
+                if self._store_reachable():
+                    self._rebalance()
+                    self._purge()
                 backoff = interval
             except Exception:
                 log.warning("rebalance failed; retrying in %.2fs", backoff, exc_info=True)
                 backoff = min(backoff * 2, self.settings.lease_ttl_s)
+            try:
+                self._publish_stats()
+            except Exception:
+                log.warning("could not publish stats", exc_info=True)
             self._stopping.wait(backoff)
+
+    def _store_reachable(self) -> bool:
+        """Probes the store now and then; hands every partition back once it has been
+        unreachable for STORE_GRACE_TTLS lease TTLs, so workers that can reach it serve them
+        (a worker cut off from Postgres alone would otherwise hold its leases and stall)."""
+        now = time.monotonic()
+        if now - self._store_probed_at < STORE_PROBE_EVERY_S:
+            return self.store_ok
+        self._store_probed_at = now
+        try:
+            self.store.partition_owners()
+        except Exception as exc:
+            self.store_ok = False
+            down_s = now - self._store_ok_at
+            if down_s > STORE_GRACE_TTLS * self.settings.lease_ttl_s:
+                with self._lock:
+                    runners = [r for r in self.runners.values() if not r.stopping]
+                if runners:
+                    log.error(
+                        "state store unreachable for %.1fs (%s); handing back %s partitions",
+                        down_s,
+                        exc,
+                        len(runners),
+                    )
+                    for runner in runners:
+                        runner.stop()
+            return False
+        self.store_ok = True
+        self._store_ok_at = now
+        return True
 
     def share(self) -> int:
         """This worker's fair share of the partitions: ceil(partitions / live workers)."""
@@ -253,8 +291,7 @@ class PartitionService:
     def _count_live(self) -> int:
         """Workers whose heartbeat has not expired, counted now (a dead one drops out as
         soon as its entry expires, which is when its leases expire too)."""
-        live = int(self.redis.zcount(WORKERS_KEY, f"({int(time.time() * 1000)}", "+inf"))
-        return max(1, live)
+        return max(1, self.queues.live_workers())
 
     def _rebalance(self) -> None:
         self.live = self._count_live()
@@ -351,6 +388,7 @@ class PartitionService:
             "pid": os.getpid(),
             "partitions": {str(p): r.epoch for p, r in sorted(runners.items())},
             "live_workers": self.live,
+            "store_ok": self.store_ok,
             "share": self.share(),
             "resident": resident,
             "hibernated": hibernated,
