@@ -21,13 +21,21 @@ def _admin_url() -> sa.URL:
 
 
 @contextmanager
-def scratch_postgres(prefix: str = "entities_scratch") -> Iterator[str]:
-    """Yields the URL of a new, empty Postgres database, dropped on exit."""
+def scratch_postgres(
+    prefix: str = "entities_scratch", collation: str | None = None
+) -> Iterator[str]:
+    """Yields the URL of a new, empty Postgres database, dropped on exit.
+
+    ``collation``: an ICU locale (e.g. "en-US") for the database's default collation.
+    """
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(_admin_url(), isolation_level="AUTOCOMMIT")
+    options = ""
+    if collation is not None:
+        options = f" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{collation}'"
     try:
         with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"{options}'))
         try:
             yield _admin_url().set(database=name).render_as_string(hide_password=False)
         finally:

@@ -470,3 +470,19 @@ def test_an_unreachable_database_is_a_store_error() -> None:
             store.load("t", "a")
     finally:
         store.close()
+
+
+def test_ids_are_listed_in_code_point_order_whatever_the_database_collation() -> None:
+    """Given a Postgres database created with a linguistic (ICU en-US) collation, then
+    list_ids still orders and pages ids by code point, as SQLite and Python do."""
+    with scratch_postgres("entities_collation", collation="en-US") as url:
+        upgrade(url)
+        store = SQLStore(url)
+        try:
+            ids = ["B", "a", "_x", "a-1", "a1", "ab", "A", "é", "Z", "a b"]
+            for eid in ids:
+                put(store, "t", eid, 0, {})
+            assert store.list_ids("t") == sorted(ids)
+            assert store.list_ids("t", limit=3, after="_x") == sorted(ids)[4:7]
+        finally:
+            store.close()

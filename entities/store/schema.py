@@ -10,18 +10,22 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 #: The Alembic revision this code expects; `entities migrate` brings a database to it.
-HEAD_REVISION = "0001_core"
+HEAD_REVISION = "0002_binary_id_order"
 
 metadata = sa.MetaData()
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 TS = sa.DateTime(timezone=True)
 
+#: Entity keys compare by code point on every backend (Postgres: collation "C"), so
+#: list_entities orders and pages ids the same way everywhere.
+KEY = sa.String(255).with_variant(sa.String(255, collation="C"), "postgresql")
+
 snapshots = sa.Table(
     "entity_snapshots",
     metadata,
-    sa.Column("entity_type", sa.String(255), primary_key=True),
-    sa.Column("entity_id", sa.String(255), primary_key=True),
+    sa.Column("entity_type", KEY, primary_key=True),
+    sa.Column("entity_id", KEY, primary_key=True),
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("vsn", sa.Integer, nullable=False),
     sa.Column("state", JSONType, nullable=False),
