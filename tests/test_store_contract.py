@@ -422,6 +422,22 @@ class TestStoreContract:
         assert all(d.created_at is not None and d.created_at.tzinfo is not None for d in letters)
         assert len(backend.dead_letters(limit=1)) == 1
 
+    def test_a_dead_letter_is_read_by_id_and_dropped_once(self, backend: SQLStore) -> None:
+        """Given two dead letters, when one is dropped, then only the other is left, and a
+        second drop of the same id reports that nothing was there."""
+        backend.commit(
+            CommitBatch(
+                0, None, dead_letters=[DeadLetter("q0", "r0", "x"), DeadLetter("q1", "r1", "y")]
+            )
+        )
+        first, second = sorted(backend.dead_letters(), key=lambda d: d.id)
+        got = backend.get_dead_letter(first.id)
+        assert got is not None and (got.queue, got.reason, got.raw) == ("q0", "r0", "x")
+        assert backend.delete_dead_letter(first.id) is True
+        assert backend.delete_dead_letter(first.id) is False
+        assert backend.get_dead_letter(first.id) is None
+        assert [d.id for d in backend.dead_letters()] == [second.id]
+
     # -- the error boundary ---------------------------------------------------------------
 
     def test_data_a_driver_refuses_is_a_store_error(self, backend: SQLStore) -> None:

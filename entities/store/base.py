@@ -220,6 +220,14 @@ class Store(abc.ABC):
         """The most recent dead letters, newest first."""
 
     @abc.abstractmethod
+    def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        """The dead letter with ``dead_letter_id``, or None if there is none (or it was dropped)."""
+
+    @abc.abstractmethod
+    def delete_dead_letter(self, dead_letter_id: int) -> bool:
+        """Removes one dead letter; True if it existed (so two droppers never both succeed)."""
+
+    @abc.abstractmethod
     def set_alarm(self, change: AlarmChange) -> None:
         """Schedules, replaces or cancels one alarm outside any handler."""
 

@@ -673,5 +673,19 @@ class SQLStore(Store):
         rows = self._read(lambda c: c.execute(query).all())
         return [DeadLetter(r.queue, r.reason, r.raw, r.id, _aware(r.created_at)) for r in rows]
 
+    def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        query = sa.select(t.dead_letters).where(t.dead_letters.c.id == dead_letter_id)
+        r = self._read(lambda c: c.execute(query).first())
+        if r is None:
+            return None
+        return DeadLetter(r.queue, r.reason, r.raw, r.id, _aware(r.created_at))
+
+    def delete_dead_letter(self, dead_letter_id: int) -> bool:
+        with self._tx() as conn:
+            done = conn.execute(
+                sa.delete(t.dead_letters).where(t.dead_letters.c.id == dead_letter_id)
+            )
+        return bool(done.rowcount)
+
     def close(self) -> None:
         self.engine.dispose()
