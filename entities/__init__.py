@@ -29,6 +29,7 @@ from entities.errors import (
     UnknownHandler,
     UpgradeError,
 )
+from entities.inspect import ClusterStatus, PartitionStatus, WorkerStatus, cluster_status
 from entities.model import Entity, field, handler
 from entities.settings import Settings, configure, get_settings
 from entities.store import Alarm, Snapshot
@@ -50,6 +51,11 @@ __all__ = [
     "retry_alarm",
     "Alarm",
     "Snapshot",
+    # operating the cluster
+    "cluster_status",
+    "ClusterStatus",
+    "PartitionStatus",
+    "WorkerStatus",
     # settings
     "Settings",
     "configure",

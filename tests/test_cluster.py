@@ -91,13 +91,13 @@ def test_graceful_handoffs_keep_every_entitys_order(workers) -> None:  # type: i
     read."""
     workers.start(1)
     load = Load("relaxed_tally", [f"r{i}" for i in range(12)])
-    sender = threading.Thread(target=load.send, args=(360, 9.0))
+    sender = threading.Thread(target=load.send, args=(240, 6.0))
     sender.start()
+    time.sleep(1.0)
+    workers.start(1, wait=False)
     time.sleep(1.5)
     workers.start(1, wait=False)
-    time.sleep(2.5)
-    workers.start(1, wait=False)
-    time.sleep(2.5)
+    time.sleep(1.5)
     workers.procs[0].kill(signal.SIGTERM)
     sender.join()
 

@@ -260,7 +260,7 @@ class Plan:
 
 
 PLANS = [
-    pytest.param(Plan(1, 20, 240, 6.0), id="short"),
+    pytest.param(Plan(1, 16, 160, 4.0), id="short"),
     pytest.param(Plan(3, 50, 2000, 24.0), id="long", marks=pytest.mark.slow),
 ]
 

@@ -38,6 +38,11 @@ ENTITIES_API = {
     "retry_alarm",
     "Alarm",
     "Snapshot",
+    # operating the cluster
+    "cluster_status",
+    "ClusterStatus",
+    "PartitionStatus",
+    "WorkerStatus",
     # settings
     "Settings",
     "configure",
