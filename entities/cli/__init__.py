@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import click
 
+from entities.cli.alarms import alarms
+from entities.cli.dead_letters import dead_letters
 from entities.cli.dev import dev, env
+from entities.cli.entity import inspect_entity, ls
 from entities.cli.migrate import migrate
+from entities.cli.pause import pause, resume
+from entities.cli.stats import stats
+from entities.cli.upgrade import upgrade
 
 
 @click.group(name="entities", context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,5 +30,13 @@ def main() -> None:
 main.add_command(dev)
 main.add_command(env)
 main.add_command(migrate)
+main.add_command(inspect_entity)
+main.add_command(ls)
+main.add_command(alarms)
+main.add_command(dead_letters)
+main.add_command(pause)
+main.add_command(resume)
+main.add_command(stats)
+main.add_command(upgrade)
 
 __all__ = ["main"]
