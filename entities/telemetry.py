@@ -11,7 +11,9 @@ The runtime emits, among others (metadata in brackets):
 ``entity.passivate``       an entity left memory [entity_type, entity_id, reason]
 ``entity.flush``           relaxed changes committed [partition, entities, reason]
 ``entity.conflict``        a version fence rejected a commit [partition, error]
-``message.applied``        a batch was applied [partition, messages, duration_s]
+``message.applied``        a batch was applied and replied to [partition, messages,
+                           duration_s, started_at (epoch seconds), raws (the broker
+                           messages, oldest first), outcomes (one reply per task id)]
 ``message.dead_lettered``  a message could not be understood [queue, reason]
 ``alarm.fired``            an alarm's handler committed [entity_type, entity_id, name]
 ``alarm.failed``           an alarm's handler raised [entity_type, entity_id, name, attempts]

@@ -143,7 +143,7 @@ class PartitionRunner(threading.Thread):
             wait = WAIT_S if due is None else max(0.001, min(WAIT_S, due))
             self.queues.wait(self.partition, wait)
             return True
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         result = self.processor.process(raws, self.epoch, control.held)
         self.replies.write(result.outcomes)
         self._publish(result.outbox)
@@ -155,6 +155,9 @@ class PartitionRunner(threading.Thread):
             "message.applied",
             {"messages": len(raws), "duration_s": time.perf_counter() - started},
             partition=self.partition,
+            started_at=started_at,
+            raws=raws,
+            outcomes=result.outcomes,
         )
         if not self.processor.dirty:
             return self._ack()
