@@ -25,18 +25,26 @@ class PartitionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.service: Any = None
+        self.stop_extras: Any = None
 
     def start(self, worker: Any) -> None:
         from workers.service import PartitionService
 
         self.service = PartitionService(get_settings(), worker.app)
         worker.entities_service = self.service
+        # Metrics, tracing and task events, as the environment and -E ask (entities.contrib).
+        from entities.contrib.worker import start as start_extras
+
+        self.stop_extras = start_extras(worker)
         self.service.start()
 
     def stop(self, worker: Any) -> None:
         if self.service is not None:
             self.service.stop()
             self.service = None
+        if self.stop_extras is not None:
+            self.stop_extras()
+            self.stop_extras = None
 
     shutdown = stop
 
