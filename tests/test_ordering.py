@@ -64,8 +64,8 @@ def test_one_worker_at_a_time_applies_an_entity_while_partitions_move(  # type: 
     mid-stream, then each entity's log holds every message once, in send order, and no
     two applications of one entity overlap in time."""
     workers.start(1)
-    ids = [f"r{i}" for i in range(8)]
-    sent = [(eid, send("recorder", eid, "record", seq, 0.005)) for seq in range(60) for eid in ids]
+    ids = [f"r{i}" for i in range(6)]
+    sent = [(eid, send("recorder", eid, "record", seq, 0.005)) for seq in range(40) for eid in ids]
     workers.start(2, wait=False)
 
     def owners() -> set[str]:
@@ -74,13 +74,13 @@ def test_one_worker_at_a_time_applies_an_entity_while_partitions_move(  # type: 
 
     eventually(lambda: len(owners()) >= 2, timeout_s=60)
     sent += [
-        (eid, send("recorder", eid, "record", seq, 0.005)) for seq in range(60, 120) for eid in ids
+        (eid, send("recorder", eid, "record", seq, 0.005)) for seq in range(40, 80) for eid in ids
     ]
-    assert replies_per_entity(sent) == {eid: list(range(1, 121)) for eid in ids}
+    assert replies_per_entity(sent) == {eid: list(range(1, 81)) for eid in ids}
     pids = set()
     for eid in ids:
         log = read("recorder", eid).state["log"]
-        assert [entry[0] for entry in log] == list(range(120))
+        assert [entry[0] for entry in log] == list(range(80))
         for before, after in itertools.pairwise(log):
             assert after[2] >= before[3], f"{eid}: {after} started before {before} ended"
         pids.update(entry[1] for entry in log)
