@@ -46,7 +46,26 @@ def route_task(
         "entity id", call[1] if len(call) > 1 else (kwargs or {}).get("entity_id")
     )
     settings = get_settings()
+    _check_partitions(settings.partitions)
     return {"queue": partition_queue(partition_for(entity_type, entity_id, settings.partitions))}
+
+
+_checked_partitions: int | None = None
+
+
+def _check_partitions(partitions: int) -> None:
+    """Refuses, once per process, to route with a partition count the store did not record.
+
+    A client with another count would send an entity's messages to a partition
+    that does not own it. Raises ConfigurationError (or SchemaError).
+    """
+    global _checked_partitions
+    if _checked_partitions == partitions:
+        return
+    from entities.client import get_store  # entities.client imports this module
+
+    get_store()  # checks the schema and the recorded partition count
+    _checked_partitions = partitions
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

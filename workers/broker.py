@@ -158,6 +158,14 @@ class PartitionQueues:
             >= 0
         )
 
+    def forward(self, raws_by_partition: dict[int, list[bytes]]) -> None:
+        """Appends messages, unchanged and in order, to other partitions' queues."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for partition, raws in raws_by_partition.items():
+                for raw in raws:
+                    pipe.lpush(queue_name(partition), raw)
+            pipe.execute()
+
     def wait(self, partition: int, timeout_s: float) -> None:
         """Blocks until a message arrives (moving it in flight) or ``timeout_s`` passes."""
         self.client.blmove(

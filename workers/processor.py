@@ -26,7 +26,7 @@ from typing import cast
 from entities import telemetry
 from entities.errors import BadMessage, FenceError, StoreError
 from entities.messages import Envelope, parse_envelope
-from entities.routing import queue_name
+from entities.routing import partition_for, queue_name
 from entities.settings import Settings
 from entities.store import (
     AlarmChange,
@@ -55,6 +55,7 @@ class BatchResult:
     outcomes: list[Outcome]
     outbox: list[OutboxMessage]
     held: dict[Key, list[bytes]] = dataclasses.field(default_factory=dict)
+    misrouted: dict[int, list[bytes]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -195,14 +196,20 @@ class Processor:
         self, envelopes: list[Envelope], epoch: int | None, held: frozenset[Key]
     ) -> BatchResult:
         holding: dict[Key, list[bytes]] = {}
-        if held:  # paused entities: their messages are set aside, in order, unapplied
-            kept = []
-            for env in envelopes:
-                if env.error is None and env.key in held:
-                    holding.setdefault(env.key, []).append(env.raw)
-                else:
-                    kept.append(env)
-            envelopes = kept
+        misrouted: dict[int, list[bytes]] = {}
+        kept = []
+        for env in envelopes:
+            if env.error is not None or env.bad is not None:
+                kept.append(env)
+                continue
+            home = partition_for(env.entity_type, env.entity_id, self.settings.partitions)
+            if home != self.partition:  # a router with another count: forward, never apply
+                misrouted.setdefault(home, []).append(env.raw)
+            elif env.key in held:  # a paused entity: set aside, in order, unapplied
+                holding.setdefault(env.key, []).append(env.raw)
+            else:
+                kept.append(env)
+        envelopes = kept
         ids = [e.task_id for e in envelopes if e.task_id and e.error is None]
         done = self.store.processed(ids)
         self.applier.prefetch(envelopes)
@@ -237,7 +244,7 @@ class Processor:
         touched = self._stage(staged, batch)
         self._commit(batch)
         self._committed(touched)
-        return BatchResult(outcomes, batch.outbox, holding)
+        return BatchResult(outcomes, batch.outbox, holding, misrouted)
 
     def _stage(self, staged: dict[Key, Staged], batch: CommitBatch) -> list[tuple[Key, Live]]:
         """Splits this batch's changes into the commit and the deferred set."""

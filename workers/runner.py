@@ -149,6 +149,8 @@ class PartitionRunner(threading.Thread):
         self._publish(result.outbox)
         if result.held:
             self.holds.hold(result.held)
+        if result.misrouted:
+            self.queues.forward(result.misrouted)
         self.pending += len(raws)
         self.applied += len(raws)
         telemetry.emit(
