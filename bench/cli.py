@@ -15,7 +15,7 @@ from typing import Any
 from bench import procs, report, servers
 from bench.config import FULL, QUICK
 from bench.procs import ROOT
-from bench.run import MEASUREMENTS
+from bench.run import MEASUREMENTS, OPTIONAL
 
 DEFAULT_HOME = ROOT / "bench" / "results"
 
@@ -44,7 +44,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default=",".join(MEASUREMENTS),
-        help=f"comma-separated subset of {','.join(MEASUREMENTS)} (and profile)",
+        help=f"comma-separated subset of {','.join(MEASUREMENTS)} (default: all), plus the "
+        f"opt-in {','.join(OPTIONAL)}",
     )
     p.add_argument(
         "--profile",
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     only = {m.strip() for m in args.only.split(",") if m.strip()}
     if args.profile:
         only.add("profile")
-    unknown = only - set(MEASUREMENTS) - {"profile"}
+    unknown = only - set(MEASUREMENTS) - set(OPTIONAL)
     if unknown:
         raise SystemExit(f"unknown measurement(s): {', '.join(sorted(unknown))}")
     home = args.home.resolve()
@@ -172,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             "measured alternately, are the figures to read"
         )
     results["duration_s"] = round(time.monotonic() - started, 1)
+    if "scaling" in only:
+        from bench import scaling
+
+        results.update(scaling.measure(run, sizes, _log))
     if "profile" in only:
         results.update(measure.profile(run, sizes, home / "profile", _log))
     print(report.table(results))

@@ -1,10 +1,11 @@
-"""Timed drains: a frozen worker, a pre-filled queue, the clock from thaw to the last reply.
+"""Timed drains: a pre-filled queue, a worker started on it, the clock from its first take.
 
-The worker boots, takes its partitions (ours) or starts consuming (Celery),
-and is frozen with SIGSTOP; the messages are published; the clock starts at
-SIGCONT and stops when the last reply is stored (and, for the hot entity, the
-batch is acknowledged: its queue and in-flight list are empty). Start-up time
-is left out, so the figure is the consumption rate of each system.
+The messages are published first, onto queues nobody consumes yet; then the
+worker process starts. The clock starts when it begins to consume (ours: its
+first partition lease; Celery: its worker_ready signal, sent as its consumer
+starts) and stops when the last reply is stored (and, for the hot entity, the
+last message is acknowledged: queue and in-flight list empty). Interpreter
+start-up and imports are left out; taking partitions is counted.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.procs import WorkerProcess
-from bench.systems import ENTITY_TYPE, Run, System
+from bench.systems import BOOT_TIMEOUT_S, ENTITY_TYPE, Run, System
 from bench.traffic import Sent, check_replies, wait_replies
 
 
@@ -59,36 +60,61 @@ def drain_ids(messages: int, entities: int, prefix: str = "e") -> list[str]:
 def timed_drain(
     run: Run,
     system: System,
-    worker: WorkerProcess,
     entity_ids: Sequence[str],
-    profiler: contextlib.AbstractContextManager[Any] | None = None,
+    name: str,
+    workers: int = 1,
     acked: bool = False,
-) -> Drain:
-    """Freezes ``worker``, publishes, thaws it and times until every reply is stored.
+    profiler: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
+    keep: bool = False,
+) -> tuple[Drain, list[WorkerProcess]]:
+    """Publishes, starts ``workers`` worker processes and times until every reply is stored.
 
     ``acked``: also wait until our partition queues and in-flight lists are
     empty (every message acknowledged), for the hot-entity figure.
+    ``profiler(pid)``: a context manager around the timed part (py-spy).
+    ``keep``: leave the workers running and return them (else they are stopped).
     """
-    worker.freeze()
     publish_started = time.perf_counter()
-    try:
-        sent = system.publish(entity_ids)
-    except BaseException:
-        worker.thaw()
-        raise
+    sent = system.publish(entity_ids)
     publish_s = time.perf_counter() - publish_started
-    timeout_s = 120.0 + len(sent) / 100
-    with profiler or contextlib.nullcontext():
-        cpu0 = worker.cpu_s()
-        started = time.perf_counter()
-        worker.thaw()
-        done = wait_replies(run.redis, sent, timeout_s)
-        if acked:
-            done = _wait_acked(run, sent, timeout_s)
-        cpu = worker.cpu_s() - cpu0
-    worker.check_alive()
-    check = check_replies(run.redis, sent, system.counting)
-    return Drain(system.name, len(sent), done - started, cpu, check, publish_s)
+    names = [name] if workers == 1 else [f"{name}-{i}" for i in range(workers)]
+    started_workers = [system.spawn(n) for n in names]
+    try:
+        timeout_s = 120.0 + len(sent) / 100
+        started = _wait_consuming(system, started_workers)
+        cpu0 = sum(w.cpu_s() for w in started_workers)
+        with profiler(started_workers[0].pid) if profiler else contextlib.nullcontext():
+            done = wait_replies(run.redis, sent, timeout_s)
+            if acked:
+                done = _wait_acked(run, sent, timeout_s)
+        cpu = sum(w.cpu_s() for w in started_workers) - cpu0
+        for w in started_workers:
+            w.check_alive()
+        check = check_replies(run.redis, sent, system.counting)
+    except BaseException:
+        for w in started_workers:
+            w.stop()
+        raise
+    if not keep:
+        for w in started_workers:
+            w.stop()
+    drain = Drain(system.name, len(sent), done - started, cpu, check, publish_s)
+    return drain, started_workers
+
+
+def _wait_consuming(system: System, workers: list[WorkerProcess]) -> float:
+    """The perf_counter time at which the first of ``workers`` began to consume (2 ms polls)."""
+    deadline = time.perf_counter() + BOOT_TIMEOUT_S
+    polls = 0
+    while not any(system.consuming(w) for w in workers):
+        polls += 1
+        if polls % 25 == 0:
+            for w in workers:
+                w.check_alive()
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"no worker consumed within {BOOT_TIMEOUT_S}s")
+        time.sleep(0.002)
+    return time.perf_counter()
 
 
 def _wait_acked(run: Run, sent: Sequence[Sent], timeout_s: float) -> float:

@@ -1,6 +1,7 @@
 """Resident memory: one worker holding N small entities (one message to each).
 
-The worker's VmRSS is read after boot and again after every entity replied.
+The worker's VmRSS is read once it owns every partition, and again after
+every entity replied (messages published while it runs).
 When N is below 100,000 (quick mode) the figure is extrapolated linearly:
 boot RSS + (RSS growth per entity) x 100,000, and the JSON says so.
 """
@@ -12,8 +13,8 @@ from typing import Any
 
 from bench import servers
 from bench.config import SPEC_RESIDENT_ENTITIES
-from bench.drain import timed_drain
 from bench.systems import Ours, Run
+from bench.traffic import check_replies, wait_replies
 
 SETTLE_S = 1.0
 
@@ -26,9 +27,12 @@ def measure(run: Run, entities: int) -> dict[str, Any]:
     try:
         time.sleep(SETTLE_S)
         boot_mb = worker.rss_mb()
-        drain = timed_drain(run, ours, worker, [f"r{i}" for i in range(entities)])
+        sent = ours.publish([f"r{i}" for i in range(entities)])
+        wait_replies(run.redis, sent, 120.0 + entities / 100)
+        check = check_replies(run.redis, sent, counting=True)
         time.sleep(SETTLE_S)
         loaded_mb = worker.rss_mb()
+        worker.check_alive()
     finally:
         worker.stop()
     per_entity_kb = (loaded_mb - boot_mb) * 1024 / entities
@@ -39,7 +43,7 @@ def measure(run: Run, entities: int) -> dict[str, Any]:
         "rss_mb": round(loaded_mb, 1),
         "per_entity_kb": round(per_entity_kb, 3),
         "rss_mb_100k": round(at_spec, 1),
-        "new_entity_drain": drain.as_json(),
+        "check": check,
     }
     if entities != SPEC_RESIDENT_ENTITIES:
         out["note"] = (

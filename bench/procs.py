@@ -1,9 +1,7 @@
 """Worker processes the bench starts: ours and the baselines, each a `celery worker -P solo`.
 
 Every process started here is tracked and stopped at exit; nothing else is
-ever signalled. A worker can be frozen (SIGSTOP) while its queue is filled and
-thawed (SIGCONT) to start the clock, so a drain measures consumption from a
-pre-filled queue, not Python's start-up.
+ever signalled.
 """
 
 from __future__ import annotations
@@ -72,14 +70,6 @@ class WorkerProcess:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-chars:]
 
-    def freeze(self) -> None:
-        """Stops the process (SIGSTOP) so a queue can be filled behind its back."""
-        os.kill(self.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """Resumes a frozen process (SIGCONT)."""
-        os.kill(self.pid, signal.SIGCONT)
-
     def rss_mb(self) -> float:
         """Resident set size (VmRSS) in MiB."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -103,7 +93,6 @@ class WorkerProcess:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stops gracefully (SIGTERM: warm shutdown), SIGKILL after ``timeout_s``."""
         if self.alive():
-            self.thaw()
             self.proc.terminate()
             try:
                 self.proc.wait(timeout_s)

@@ -8,7 +8,7 @@ one-process Python worker spends its interpreter time (its CPU ceiling);
 keeps one thread (a partition runner), which shows where its wall time goes.
 ``summarize`` reports the functions with the most samples on top of the stack
 (self) and anywhere in it (inclusive), the share by package, and the share of
-the main steps of a runner iteration.
+each phase of a runner iteration (PHASES).
 """
 
 from __future__ import annotations
@@ -100,16 +100,23 @@ def _package(path: str) -> str:
     return head if not head[0].isdigit() else "stdlib"
 
 
-#: The steps of a runner iteration, by function name, for the "steps" shares.
-STEPS = (
-    "PartitionQueues.fetch",
-    "PartitionQueues.wait",
-    "parse_envelope",
-    "SQLStore.processed",
-    "SQLStore.load_many",
-    "SQLStore.commit",
-    "ReplyWriter.write",
-    "PartitionQueues.ack",
+#: The phases of a runner iteration, each by a marker (a function name) in the stack.
+#: A sample goes to the first phase whose marker it contains, so nested phases
+#: (the pre-ping inside a read or commit) come before the phases that hold them.
+PHASES = (
+    ("idle: waiting for a message", "PartitionQueues.wait"),
+    ("pool pre-ping (SELECT 1 per checkout)", "do_ping"),
+    ("dedup read (SELECT processed)", "SQLStore.processed"),
+    ("snapshot read (load_many)", "SQLStore.load_many"),
+    ("epoch check (SELECT FOR SHARE)", "_check_epoch"),
+    ("snapshot writes", "_write_many"),
+    ("COMMIT", "do_commit"),
+    ("rest of the commit (BEGIN, inserts)", "SQLStore.commit"),
+    ("fetch (Lua)", "PartitionQueues.fetch"),
+    ("parse envelopes", "parse_envelope"),
+    ("apply handlers", "Applier.apply"),
+    ("replies (pipelined)", "ReplyWriter.write"),
+    ("ack (Lua)", "PartitionQueues.ack"),
 )
 
 
@@ -122,7 +129,7 @@ def summarize(path: Path, top: int = 15, thread: str | None = None) -> dict[str,
     self_counts: collections.Counter[str] = collections.Counter()
     incl_counts: collections.Counter[str] = collections.Counter()
     pkg_counts: collections.Counter[str] = collections.Counter()
-    step_counts: collections.Counter[str] = collections.Counter()
+    phase_counts: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
@@ -135,6 +142,9 @@ def summarize(path: Path, top: int = 15, thread: str | None = None) -> dict[str,
             if thread is not None and name != thread:
                 continue
         total += count
+        if not parts:  # a thread sampled with no Python frame at all
+            self_counts["(no Python frame)"] += count
+            continue
         frames = []
         for raw in parts:
             m = _FRAME.match(raw)
@@ -144,8 +154,12 @@ def summarize(path: Path, top: int = 15, thread: str | None = None) -> dict[str,
         pkg_counts[_package(file) if file else "other"] += count
         for label in {f"{f} ({_short(p)})" for f, p in frames}:
             incl_counts[label] += count
-        for step in {f for f, _ in frames if f in STEPS}:
-            step_counts[step] += count
+        for label, marker in PHASES:
+            if marker in stack:
+                phase_counts[label] += count
+                break
+        else:
+            phase_counts["other"] += count
     if not total:
         return {"samples": 0}
 
@@ -157,5 +171,8 @@ def summarize(path: Path, top: int = 15, thread: str | None = None) -> dict[str,
         "self_pct": share(self_counts),
         "inclusive_pct": share(incl_counts),
         "by_package_self_pct": share(pkg_counts),
-        "steps_pct": {name: round(100 * step_counts[name] / total, 1) for name in STEPS},
+        "phases_pct": {
+            label: round(100 * phase_counts[label] / total, 1)
+            for label in [p for p, _ in PHASES] + ["other"]
+        },
     }

@@ -121,4 +121,29 @@ def table(results: dict[str, Any]) -> str:
             f"{t.label + ' (' + j.get('target', '') + ')':<{width}}  "
             f"{_fmt(results.get(t.key)):<24} {j.get('status', '')}"
         )
+    lines.extend(_scaling_lines(results.get("scaling") or {}))
+    lines.extend(_profile_lines(results.get("profile") or {}))
     return "\n".join(lines)
+
+
+def _scaling_lines(scaling: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for axis, points in scaling.items():
+        if points:
+            cells = ", ".join(f"{p[axis]}: {p['per_s']:,.0f}/s" for p in points)
+            lines += ["", f"drain of ours by {axis}: {cells}"]
+    return lines
+
+
+def _profile_lines(profile: dict[str, Any], top: int = 8) -> list[str]:
+    lines: list[str] = []
+    for name, prof in profile.items():
+        if not prof.get("samples"):
+            continue
+        rate = prof.get("per_s_while_profiled")
+        what = f"{rate:,} msg/s" if rate else f"{prof.get('calls')} calls"
+        lines += ["", f"profile {name} ({prof['samples']} samples, {what}): top self %"]
+        lines += [f"  {pct:5.1f}  {func}" for func, pct in prof["self_pct"][:top]]
+        phases = ", ".join(f"{k} {v}" for k, v in prof["phases_pct"].items() if v >= 1)
+        lines.append(f"  phases %: {phases}")
+    return lines

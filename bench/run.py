@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import alarms, failover, memory, servers
+from bench import alarms, failover, memory, procs, servers
 from bench.config import SPEC_DRAIN_MESSAGES, Sizes
 from bench.drain import Drain, drain_ids, hot_ids, timed_drain
 from bench.latency import round_trips, summary
@@ -21,24 +21,35 @@ from bench.profiling import PySpy, summarize
 from bench.systems import ENTITY_TYPE, HandRolled, Noop, Ours, Run, System
 
 MEASUREMENTS = ("drain", "failover", "rss", "alarms")
+#: Opt-in measurements, run only when named in --only (or by --profile).
+OPTIONAL = ("scaling", "profile")
+#: Messages of the profiling drains, whatever the mode: enough samples to rank hotspots.
+PROFILE_DRAIN_MESSAGES = 20_000
+PROFILE_HOT_MESSAGES = 10_000
+PROFILE_CALLS = 500
 Log = Callable[[str], None]
 
 
 def slot(run: Run, system: System, sizes: Sizes, round_no: int) -> dict[str, Any]:
-    """One system's drain, sequential calls and (ours) hot-entity drain, on one worker."""
+    """One system's drain and sequential calls (on the drained worker); ours: the hot entity.
+
+    The hot entity gets its own worker started on its own pre-filled queue.
+    """
     servers.reset(run.servers)
-    worker = system.start(f"{system.name}-r{round_no}")
+    ids = drain_ids(sizes.drain_messages, sizes.drain_entities)
+    drain, (worker,) = timed_drain(run, system, ids, f"{system.name}-r{round_no}", keep=True)
+    out: dict[str, Any] = {"drain": drain}
     try:
-        out: dict[str, Any] = {}
-        out["drain"] = timed_drain(
-            run, system, worker, drain_ids(sizes.drain_messages, sizes.drain_entities)
-        )
-        ids = [f"e{i}" for i in range(sizes.drain_entities)]
-        out["latency"] = round_trips(system, ids, sizes.latency_calls, sizes.latency_warmup)
-        if isinstance(system, Ours):
-            out["hot"] = timed_drain(run, system, worker, hot_ids(sizes.hot_messages), acked=True)
+        procs.wait_until(lambda: system.ready(worker), worker, 60.0, "worker not ready")
+        entities = [f"e{i}" for i in range(sizes.drain_entities)]
+        out["latency"] = round_trips(system, entities, sizes.latency_calls, sizes.latency_warmup)
     finally:
         worker.stop()
+    if isinstance(system, Ours):
+        servers.reset(run.servers)
+        out["hot"], _ = timed_drain(
+            run, system, hot_ids(sizes.hot_messages), f"hot-r{round_no}", acked=True
+        )
     return out
 
 
@@ -73,8 +84,8 @@ def drain_and_latency(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
         "per_s": {n: round(v, 1) for n, v in rate.items()},
         "worker_cpu_ms_per_msg": {n: round(v, 4) for n, v in cpu.items()},
         "samples": {n: [d.as_json() for d in ds] for n, ds in drains.items()},
-        "clock": "from SIGCONT of a booted, frozen worker on a pre-filled queue to the last "
-        "stored reply",
+        "clock": "from the worker's first take from a pre-filled queue (ours: first partition "
+        "lease; Celery: worker_ready) to the last stored reply",
     }
     if sizes.drain_messages != SPEC_DRAIN_MESSAGES:
         drain["note"] = (
@@ -92,7 +103,8 @@ def drain_and_latency(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
         "hot_entity_per_s": round(hot_rate, 1),
         "hot_entity": {
             "messages": sizes.hot_messages,
-            "clock": "from SIGCONT to the last reply stored and every message acknowledged",
+            "clock": "from the worker's first partition lease on a pre-filled queue to the last "
+            "reply stored and every message acknowledged",
             "samples": [h.as_json() for h in hots],
         },
         "p50_vs_noop": round(lat["ours"]["p50_ms"] / lat["noop"]["p50_ms"], 3),
@@ -134,35 +146,60 @@ def alarm_lateness(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
 
 
 def profile(run: Run, sizes: Sizes, out_dir: Path, log: Log) -> dict[str, Any]:
-    """An extra, unmeasured drain and hot-entity run of ours under py-spy; the hotspots.
+    """Extra, unmeasured drains of ours under py-spy; the hotspots.
 
     ``*_gil``: the GIL holder only (interpreter time); ``hot_wall``: every
     sample of the hot entity's runner thread, waiting included.
     """
     from entities.routing import partition_for
 
-    servers.reset(run.servers)
     ours = Ours(run)
-    worker = ours.start("profile")
     hot_thread = f"entities-p{partition_for(ENTITY_TYPE, hot_ids(1)[0], run.partitions)}"
     result: dict[str, Any] = {}
     runs = (
-        ("drain_gil", drain_ids(sizes.drain_messages, sizes.drain_entities), False),
-        ("hot_gil", hot_ids(sizes.hot_messages), False),
-        ("hot_wall", hot_ids(sizes.hot_messages), True),
+        ("drain_gil", drain_ids(PROFILE_DRAIN_MESSAGES, sizes.drain_entities), False),
+        ("hot_gil", hot_ids(PROFILE_HOT_MESSAGES), False),
+        ("hot_wall", hot_ids(PROFILE_HOT_MESSAGES), True),
     )
+    for name, ids, wall in runs:
+        servers.reset(run.servers)
+        path = out_dir / f"{name}.txt"
+
+        def spy(pid: int, path: Path = path, wall: bool = wall) -> PySpy:
+            return PySpy(pid, path, idle=wall, gil=not wall)
+
+        drain, _ = timed_drain(
+            run, ours, ids, f"profile-{name}", acked=name != "drain_gil", profiler=spy
+        )
+        summary_ = summarize(path, thread=hot_thread if wall else None)
+        result[name] = {
+            "raw_profile": str(path),
+            "messages": len(ids),
+            "per_s_while_profiled": round(drain.per_s),
+            **summary_,
+        }
+        log(f"profile {name}: {result[name]['samples']} samples -> {path}")
+    result["call_wall"] = _profile_calls(run, sizes, out_dir / "call_wall.txt")
+    log(f"profile call_wall: {result['call_wall']['samples']} samples")
+    return {"profile": result}
+
+
+def _profile_calls(run: Run, sizes: Sizes, path: Path) -> dict[str, Any]:
+    """Sequential calls to one entity under py-spy; the samples of its runner thread."""
+    from entities.routing import partition_for
+
+    servers.reset(run.servers)
+    ours = Ours(run)
+    worker = ours.start("profile-calls")
     try:
-        for name, ids, wall in runs:
-            path = out_dir / f"{name}.txt"
-            spy = PySpy(worker.pid, path, idle=wall, gil=not wall)
-            drain = timed_drain(run, ours, worker, ids, profiler=spy, acked=name != "drain_gil")
-            summary_ = summarize(path, thread=hot_thread if wall else None)
-            result[name] = {
-                "raw_profile": str(path),
-                "per_s_while_profiled": round(drain.per_s),
-                **summary_,
-            }
-            log(f"profile {name}: {result[name]['samples']} samples -> {path}")
+        with PySpy(worker.pid, path, idle=True):
+            samples = round_trips(ours, ["lat"], PROFILE_CALLS, sizes.latency_warmup)
     finally:
         worker.stop()
-    return {"profile": result}
+    thread = f"entities-p{partition_for(ENTITY_TYPE, 'lat', run.partitions)}"
+    return {
+        "raw_profile": str(path),
+        "calls": len(samples),
+        "latency_while_profiled": summary(samples),
+        **summarize(path, thread=thread),
+    }

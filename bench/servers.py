@@ -122,8 +122,12 @@ def _create_handrolled_table(database_url: str) -> None:
     engine.dispose()
 
 
-def reset(servers: Servers) -> None:
-    """Empties the bench's Redis database and every table that grows with traffic."""
+def reset(servers: Servers, partitions: bool = False) -> None:
+    """Empties the bench's Redis database and every table that grows with traffic.
+
+    ``partitions``: also forget the recorded partition count and epochs, so the
+    next worker may run with another ENTITIES_PARTITIONS (the scaling sweep).
+    """
     client = redis_client(servers.redis_url)
     try:
         client.flushdb()
@@ -138,6 +142,9 @@ def reset(servers: Servers) -> None:
             )
         )
         conn.execute(sa.text("UPDATE entity_partitions SET owner = NULL"))
+        if partitions:
+            conn.execute(sa.text("DELETE FROM entity_settings WHERE key = 'partitions'"))
+            conn.execute(sa.text("DELETE FROM entity_partitions"))
     engine.dispose()
 
 

@@ -24,9 +24,6 @@ from bench.traffic import Sent, publish
 BOOT_TIMEOUT_S = 60.0
 #: Seconds one sequential call may take.
 CALL_TIMEOUT_S = 10.0
-#: Lease time-to-live of workers that are frozen while their queues fill: long, so a
-#: frozen worker keeps its partitions. The failover measurement uses the default.
-FROZEN_LEASE_TTL_S = 300.0
 ENTITY_TYPE = "counter"
 
 
@@ -47,7 +44,7 @@ class Run:
         """Where worker logs go."""
         return self.home / "logs"
 
-    def entities_env(self, lease_ttl_s: float | None = FROZEN_LEASE_TTL_S) -> dict[str, str]:
+    def entities_env(self, lease_ttl_s: float | None = None) -> dict[str, str]:
         """The environment of our workers (and of this process, for its clients)."""
         env = {
             "ENTITIES_BROKER_URL": self.servers.redis_url,
@@ -84,9 +81,29 @@ class System:
     def __init__(self, run: Run) -> None:
         self.run = run
 
-    def start(self, name: str, **kwargs: Any) -> procs.WorkerProcess:
-        """Starts one worker process and returns once it consumes."""
+    def spawn(self, name: str, lease_ttl_s: float | None = None) -> procs.WorkerProcess:
+        """Starts one worker process without waiting for it."""
         raise NotImplementedError
+
+    def consuming(self, worker: procs.WorkerProcess) -> bool:
+        """True once ``worker`` has begun to take messages."""
+        raise NotImplementedError
+
+    def ready(self, worker: procs.WorkerProcess) -> bool:
+        """True once ``worker`` serves everything it will serve (ours: every partition)."""
+        return self.consuming(worker)
+
+    def start(self, name: str, lease_ttl_s: float | None = None) -> procs.WorkerProcess:
+        """Starts one worker process and returns once it is ready."""
+        worker = self.spawn(name, lease_ttl_s)
+        try:
+            procs.wait_until(
+                lambda: self.ready(worker), worker, BOOT_TIMEOUT_S, f"{name} was not ready"
+            )
+        except BaseException:
+            worker.stop()
+            raise
+        return worker
 
     def publish(self, entity_ids: Sequence[str]) -> list[Sent]:
         """Publishes one increment per entry of ``entity_ids``, in order."""
@@ -97,39 +114,41 @@ class System:
         raise NotImplementedError
 
 
+def _declare(app: Any, queues: Sequence[Any]) -> None:
+    """Declares ``queues`` (their Redis bindings), so nothing published before a worker
+    starts is dropped; kombu would skip it, having cached an earlier declaration that a
+    reset has flushed."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in queues:
+            queue.bind(channel).declare()
+
+
 class Ours(System):
     """Our worker: partition leases, batched strict commits, pipelined replies."""
 
     name, label = "ours", "ours (strict)"
 
-    def start(
-        self,
-        name: str,
-        lease_ttl_s: float | None = FROZEN_LEASE_TTL_S,
-        wait: bool = True,
-        **_: Any,
-    ) -> procs.WorkerProcess:
+    def spawn(self, name: str, lease_ttl_s: float | None = None) -> procs.WorkerProcess:
         env = self.run.process_env(self.run.entities_env(lease_ttl_s))
-        worker = procs.WorkerProcess(
+        return procs.WorkerProcess(
             name, procs.celery_argv("workers", name, "info"), env, self.run.log_dir
         )
-        if wait:
-            procs.wait_until(
-                lambda: (
-                    len(procs.owned_by(self.run.redis, self.run.partitions, worker.pid))
-                    == self.run.partitions
-                ),
-                worker,
-                BOOT_TIMEOUT_S,
-                f"{name} did not own every partition",
-            )
-        return worker
+
+    def consuming(self, worker: procs.WorkerProcess) -> bool:
+        return bool(procs.owned_by(self.run.redis, self.run.partitions, worker.pid))
+
+    def ready(self, worker: procs.WorkerProcess) -> bool:
+        owned = procs.owned_by(self.run.redis, self.run.partitions, worker.pid)
+        return len(owned) == self.run.partitions
 
     def publish(self, entity_ids: Sequence[str]) -> list[Sent]:
         from entities.routing import partition_for, queue_name
+        from entities.transport import partition_queue
         from workers import app, send_to_entity
 
         partitions = self.run.partitions
+        _declare(app, [partition_queue(p) for p in range(partitions)])
 
         def send(producer: Any, entity_id: str, _seq: int) -> tuple[str, str]:
             msg = {"op": "increment", "args": [1]}
@@ -154,29 +173,26 @@ class _Baseline(System):
 
         return baselines.app.tasks[self.task_name]
 
-    def start(self, name: str, **_: Any) -> procs.WorkerProcess:
-        from bench.baselines import READY_KEY
-
+    def spawn(self, name: str, lease_ttl_s: float | None = None) -> procs.WorkerProcess:
         env = self.run.process_env(self.run.baseline_env())
         extra = ["-Q", self.task_name, "--prefetch-multiplier", str(self.prefetch_multiplier)]
-        worker = procs.WorkerProcess(
+        return procs.WorkerProcess(
             name,
             procs.celery_argv("bench.baselines", name, "warning", extra),
             env,
             self.run.log_dir,
         )
-        procs.wait_until(
-            lambda: bool(self.run.redis.exists(f"{READY_KEY}{worker.pid}")),
-            worker,
-            BOOT_TIMEOUT_S,
-            f"{name} did not become ready",
-        )
-        return worker
+
+    def consuming(self, worker: procs.WorkerProcess) -> bool:
+        from bench.baselines import READY_KEY
+
+        return bool(self.run.redis.exists(f"{READY_KEY}{worker.pid}"))
 
     def publish(self, entity_ids: Sequence[str]) -> list[Sent]:
         from bench import baselines
 
         task = self._task()
+        _declare(baselines.app, [baselines.app.amqp.queues[self.task_name]])
 
         def send(producer: Any, entity_id: str, _seq: int) -> tuple[str, str]:
             return task.apply_async((entity_id, 1), producer=producer).id, self.task_name
