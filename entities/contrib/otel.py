@@ -34,8 +34,9 @@ from entities.telemetry import Event
 
 TRACER_NAME = "celery-entities"
 
-_lock = threading.Lock()
-_publishing: dict[str, Any] = {}  # task id -> (span, context token) while publishing
+# The producer spans being published by this thread, innermost last (after_task_publish
+# names no task id, and a publish runs in the thread that started it).
+_publishing = threading.local()
 
 
 def _tracer() -> trace.Tracer:
@@ -48,7 +49,8 @@ def before_publish(sender: Any = None, headers: Any = None, body: Any = None, **
         return
     args = headers.get("argsrepr") or ""
     task_id = headers.get("id") or ""
-    call = body[0] if isinstance(body, tuple | list) and body and isinstance(body[0], list) else []
+    call = body[0] if isinstance(body, tuple | list) and body else ()
+    call = call if isinstance(call, tuple | list) else ()
     entity_type = call[0] if call and isinstance(call[0], str) else "?"
     span = _tracer().start_span(
         f"send_to_entity {entity_type}",
@@ -63,20 +65,20 @@ def before_publish(sender: Any = None, headers: Any = None, body: Any = None, **
     )
     token = context.attach(trace.set_span_in_context(span))
     propagate.inject(headers)
-    with _lock:
-        _publishing[task_id] = (span, token)
+    stack = getattr(_publishing, "stack", None)
+    if stack is None:
+        stack = _publishing.stack = []
+    stack.append((span, token))
 
 
-def after_publish(sender: Any = None, headers: Any = None, **_: Any) -> None:
+def after_publish(sender: Any = None, **_: Any) -> None:
     """Celery ``after_task_publish``: ends the producer span."""
-    if sender != TASK_NAME or not isinstance(headers, dict):
+    stack = getattr(_publishing, "stack", None)
+    if sender != TASK_NAME or not stack:
         return
-    with _lock:
-        entry = _publishing.pop(headers.get("id") or "", None)
-    if entry is not None:
-        span, token = entry
-        span.end()
-        context.detach(token)
+    span, token = stack.pop()
+    span.end()
+    context.detach(token)
 
 
 def on_applied(event: Event) -> None:
