@@ -21,11 +21,29 @@ class EventsWorker:
         self.log_path = log_path
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-P", "solo", "-E",
-             "-l", "info", "-n", f"events-{os.getpid()}@%h", "--without-mingle",
-             "--without-gossip", "--without-heartbeat"],
-            cwd=ROOT, env=dict(os.environ), stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-P",
+                "solo",
+                "-E",
+                "-l",
+                "info",
+                "-n",
+                f"events-{os.getpid()}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -106,8 +124,11 @@ def test_entity_messages_send_task_events_that_flower_state_understands(
         assert captured.of(ok.id) == ["task-received", "task-started", "task-succeeded"]
         assert captured.of(bad.id) == ["task-received", "task-started", "task-failed"]
         task = captured.state.tasks[ok.id]
-        assert (task.state, task.name, task.result) == ("SUCCESS", "entities.send_to_entity",
-                                                        repr(value))  # fmt: skip
+        assert (task.state, task.name, task.result) == (
+            "SUCCESS",
+            "entities.send_to_entity",
+            repr(value),
+        )
         assert "'counter', 'ev'" in task.args and task.runtime is not None
         failed = captured.state.tasks[bad.id]
         assert failed.state == "FAILURE" and "UnknownHandler" in failed.exception

@@ -36,9 +36,13 @@ def stats(as_json: bool) -> None:
         if p.owner is not None and not p.settled:
             owner += f" (epoch by {p.epoch_owner})"
         table.add_row(
-            str(p.partition), owner, str(p.epoch), str(p.queued), str(p.inflight),
+            str(p.partition),
+            owner,
+            str(p.epoch),
+            str(p.queued),
+            str(p.inflight),
             str(p.queued + p.inflight),
-        )  # fmt: skip
+        )
     out.print(table)
     workers = Table("worker", "state", "partitions", *WORKER_COLUMNS, title="Workers")
     for w in status.workers:

@@ -38,8 +38,13 @@ def upgrade(entity_type: str, batch_size: int, as_json: bool) -> None:
         store = get_store()
         if as_json:
             rewritten = rewrite_snapshots(cls, store, batch_size)
-            echo_json({"entity_type": entity_type, "vsn": cls.__entity_options__.vsn,
-                       "rewritten": rewritten})  # fmt: skip
+            echo_json(
+                {
+                    "entity_type": entity_type,
+                    "vsn": cls.__entity_options__.vsn,
+                    "rewritten": rewritten,
+                }
+            )
             return
         progress = Progress(
             TextColumn("[bold]{task.description}"),

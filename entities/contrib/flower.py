@@ -54,8 +54,11 @@ class TaskEvents:
                 if m.ok is None or not env.task_id:
                     continue  # held by a pause or unreadable: not applied
                 headers = env.headers
-                args = [env.entity_type, env.entity_id, {"op": env.op, "args": env.args,
-                        "kwargs": env.kwargs}]  # fmt: skip
+                args = [
+                    env.entity_type,
+                    env.entity_id,
+                    {"op": env.op, "args": env.args, "kwargs": env.kwargs},
+                ]
                 send(
                     "task-received",
                     uuid=env.task_id,
