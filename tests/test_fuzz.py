@@ -106,7 +106,7 @@ unit = pytest.mark.no_services
 
 
 #: Examples per property: a short run by default, a deep one with ``pytest -m slow``.
-DEPTHS = [pytest.param(100, id="short"), pytest.param(5000, id="deep", marks=pytest.mark.slow)]
+DEPTHS = [pytest.param(100, id="short"), pytest.param(2000, id="deep", marks=pytest.mark.slow)]
 
 
 def fuzz(examples: int, *strategies: st.SearchStrategy[Any]) -> Any:

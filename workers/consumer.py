@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import loads as kombu_loads
 from kombu.utils.objects import cached_property
@@ -117,13 +118,17 @@ class ScreeningTransport(kombu_redis.Transport):  # type: ignore[misc]
         )
 
 
+#: The name the screening transport goes by in URLs and logs.
+TRANSPORT_ALIASES.setdefault("entities-redis", f"{__name__}:ScreeningTransport")
+
+
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """Celery's worker consumer, dead-lettering what it cannot run instead of stopping."""
 
     def connection_for_read(self, heartbeat: float | None = None) -> Any:
         conn = self.app.connection_for_read(heartbeat=heartbeat)
         if conn.transport_cls in ("redis", "rediss"):
-            conn.transport_cls = ScreeningTransport
+            conn.transport_cls = "entities-redis"
         conn = self.ensure_connected(conn)
         if isinstance(conn.transport, ScreeningTransport):
             conn.transport.sink = self.dead_letter
