@@ -157,36 +157,36 @@ class HandlerCall:
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         """Sends the call and returns its Celery AsyncResult."""
         msg = {"op": self._op, "args": list(args), "kwargs": kwargs}
-        return send(self._ref.entity_class, self._ref.entity_id, msg)
+        return send(self._ref._entity_class, self._ref._entity_id, msg)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Sends the call and waits for the reply (a commit receipt)."""
-        return self.delay(*args, **kwargs).get(timeout=self._ref.timeout)
+        return self.delay(*args, **kwargs).get(timeout=self._ref._timeout)
 
 
 class EntityRef:
-    """A client for one entity: ``Counter.ref("a").increment(5)``."""
+    """A client for one entity: ``Counter.ref("a").increment(5)``.
+
+    Every public attribute is a handler of the entity (its own state is kept
+    in private attributes so no handler name is shadowed).
+    """
 
     def __init__(
         self, entity_class: type[Entity], entity_id: str, timeout: float = DEFAULT_TIMEOUT_S
     ) -> None:
         validate_id("entity id", entity_id)
-        self.entity_class = entity_class
-        self.entity_id = entity_id
-        self.timeout = timeout
+        self._entity_class = entity_class
+        self._entity_id = entity_id
+        self._timeout = timeout
 
     def __getattr__(self, op: str) -> HandlerCall:
         if op.startswith("_"):
             raise AttributeError(op)
-        if op not in self.entity_class.__entity_handlers__:
+        if op not in self._entity_class.__entity_handlers__:
             raise UnknownHandler(
-                f"entity type {self.entity_class.__entity_name__!r} has no handler {op!r}"
+                f"entity type {self._entity_class.__entity_name__!r} has no handler {op!r}"
             )
         return HandlerCall(self, op)
 
-    def read(self) -> Snapshot | None:
-        """The entity's last committed snapshot."""
-        return read(self.entity_class, self.entity_id)
-
     def __repr__(self) -> str:
-        return f"<EntityRef {self.entity_class.__entity_name__} {self.entity_id!r}>"
+        return f"<EntityRef {self._entity_class.__entity_name__} {self._entity_id!r}>"

@@ -40,7 +40,6 @@ class Settings:
     ``result_expires_s``: how long replies stay readable in the result backend (1 day).
     ``max_state_bytes``: largest encoded state a commit accepts (1 MiB).
     ``max_message_bytes``: largest message body a worker accepts (256 KiB).
-    ``max_id_length``: longest entity id or type name accepted (255 characters).
     ``max_resident``: most entities one worker keeps in memory, least recently
     used evicted first (100,000).
     ``max_unacked``: most applied-but-unflushed messages a partition holds before
@@ -73,7 +72,6 @@ class Settings:
     result_expires_s: float = 86400.0
     max_state_bytes: int = 1 << 20
     max_message_bytes: int = 256 << 10
-    max_id_length: int = 255
     max_resident: int = 100_000
     max_unacked: int = 10_000
     alarm_max_attempts: int = 5

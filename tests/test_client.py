@@ -10,8 +10,10 @@ from celery.result import AsyncResult
 
 from entities import (
     BadMessage,
+    Entity,
     UnknownHandler,
     delete,
+    handler,
     list_alarms,
     list_entities,
     read,
@@ -62,7 +64,6 @@ def test_read_gives_the_last_committed_snapshot(workers) -> None:  # type: ignor
     assert snapshot.updated_at.tzinfo is not None
     assert snapshot.updated_at >= started - dt.timedelta(seconds=5)
     assert read(Counter, "r") == snapshot
-    assert Counter.ref("r").read() == snapshot
     assert read("counter", "never") is None
     with pytest.raises(BadMessage):
         read("counter", "nul\x00")
@@ -127,3 +128,28 @@ def test_deleting_an_entity_that_never_existed_is_fine(workers) -> None:  # type
     workers.start(1)
     delete(Counter, "nobody", timeout=REPLY_TIMEOUT_S)
     assert read("counter", "nobody") is None
+
+
+class Shadowing(Entity, name="test_client_shadowing"):
+    """Handlers named like what a client object might hold for itself."""
+
+    reads: int = 0
+
+    @handler
+    def read(self) -> int:
+        self.reads += 1
+        return self.reads
+
+    @handler
+    def timeout(self) -> str:
+        return "handler"
+
+
+@pytest.mark.no_services
+def test_a_ref_exposes_every_handler_even_ones_named_like_client_attributes() -> None:
+    """Given handlers named read and timeout, when a ref is made, then both are handler calls."""
+    from entities.client import HandlerCall
+
+    ref = Shadowing.ref("x")
+    assert isinstance(ref.read, HandlerCall)
+    assert isinstance(ref.timeout, HandlerCall)
