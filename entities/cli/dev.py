@@ -15,6 +15,7 @@ import importlib.util
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -100,7 +101,9 @@ def dev(modules: str, beat: bool, keep_servers: bool, celery_args: tuple[str, ..
         if beat:
             schedule = str(home / "celerybeat-schedule")
             commands.append(_celery("beat", "-l", "info", "--schedule", schedule))
-        code = run_foreground(commands, {**os.environ, **env})
+        code = run_foreground(
+            commands, {**os.environ, **env}, on_ready=(_serving(env), _ready_hint)
+        )
     except EntityError as err:
         raise click.ClickException(str(err)) from err
     finally:
@@ -115,9 +118,31 @@ def _banner(env: dict[str, str], beat: bool) -> None:
         f"\nentities dev: serving {env['ENTITIES_MODULES']}"
         + (" (with beat)" if beat else "")
         + f"\n  broker:   {env['ENTITIES_BROKER_URL']}"
-        + f"\n  database: {safe_url(env['ENTITIES_DATABASE_URL'])}"
-        + '\nIn a second shell:  eval "$(entities env)"  then e.g.  python -m examples.demo'
-        + "\nCtrl-C stops the worker gracefully.\n",
+        + f"\n  database: {safe_url(env['ENTITIES_DATABASE_URL'])}\n"
+    )
+
+
+def _serving(env: dict[str, str]) -> Callable[[], bool]:
+    """A check that every partition has an owner, i.e. the worker serves them all."""
+    from entities.inspect import cluster_status
+    from entities.store import SQLStore
+
+    settings = from_env(env)
+    store: list[SQLStore] = []
+
+    def check() -> bool:
+        if not store:
+            store.append(SQLStore(settings.database_url))
+        return not cluster_status(settings, store=store[0]).unowned
+
+    return check
+
+
+def _ready_hint() -> None:
+    click.echo(
+        "\nentities dev: the worker serves every partition. In a second shell here:\n"
+        '  make demo     (or: eval "$(entities env)"; python -m examples.demo)\n'
+        "Ctrl-C stops the worker gracefully.\n"
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -21,11 +21,19 @@ POLL_S = 0.2
 
 
 def run_foreground(
-    commands: Sequence[Sequence[str]], env: Mapping[str, str], cwd: Path | None = None
+    commands: Sequence[Sequence[str]],
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    on_ready: tuple[Callable[[], bool], Callable[[], None]] | None = None,
 ) -> int:
-    """Runs ``commands`` side by side until all exit; returns the first one's exit code."""
+    """Runs ``commands`` side by side until all exit; returns the first one's exit code.
+
+    ``on_ready`` is (check, then): ``check`` is polled while the children run
+    until it returns True, and then ``then`` runs once.
+    """
     procs: list[subprocess.Popen[bytes]] = []
     requests = 0
+    waiting = on_ready
 
     def stop(signum: int, frame: FrameType | None = None) -> None:
         nonlocal requests
@@ -44,6 +52,9 @@ def run_foreground(
         while any(p.poll() is None for p in procs):
             if requests == 0 and any(p.poll() is not None for p in procs):
                 stop(signal.SIGTERM)
+            if waiting is not None and requests == 0 and _holds(waiting[0]):
+                waiting[1]()
+                waiting = None
             time.sleep(POLL_S)
     finally:
         for sig, handler in previous.items():
@@ -55,3 +66,10 @@ def run_foreground(
     code = procs[0].returncode
     # A child stopped by our own SIGTERM has done what was asked.
     return 0 if code in (0, -signal.SIGTERM) else (128 - code if code < 0 else code)
+
+
+def _holds(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except Exception:  # not ready yet: servers or tables may still be coming up
+        return False
