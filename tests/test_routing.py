@@ -48,7 +48,11 @@ def test_a_client_with_another_partition_count_refuses_to_send() -> None:
     )
     env = {**os.environ, "ENTITIES_PARTITIONS": "8"}
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert "ConfigurationError" in out.stdout, out.stdout + out.stderr
