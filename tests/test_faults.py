@@ -9,6 +9,7 @@ drive``), since this process's Celery app is bound to the shared servers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +33,7 @@ from entities.migrate import upgrade
 from entities.settings import from_env
 from entities.store import SQLStore
 from tests.lifecycle import eventually
-from tests.test_cluster_kit import check_exact
+from tests.test_cluster_kit import check_exact, pid_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 16
@@ -174,6 +176,70 @@ class Servers:
     def stop(self) -> None:
         self.redis.stop()
         self.postgres.stop()
+
+
+class Relay:
+    """A TCP front for Postgres's unix socket that can be cut (connections refused and
+    dropped) and restored, to cut one worker off the database while others still reach it."""
+
+    def __init__(self, database_url: str) -> None:
+        url = sa.make_url(database_url)
+        self.socket_path = f"{url.query['host']}/.s.PGSQL.{url.port or 5432}"
+        self.url = url.set(host="127.0.0.1", port=_free_port(), query={}).render_as_string(
+            hide_password=False
+        )
+        self.port = int(sa.make_url(self.url).port or 0)
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            if listener is not self.listener:  # accepted while being cut
+                client.close()
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.socket_path)
+            self.pairs.append((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+            listener.close()
+        for pair in self.pairs:
+            for sock in pair:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        self.pairs.clear()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +392,47 @@ def test_postgres_crash_and_restart_mid_run_loses_nothing(
     then the workers reconnect and carry on, every caller gets its reply, and nothing
     committed is lost: each entity replied 1..n with a committed count of n."""
     run_with_faults(workers, servers, tmp_path, "postgres", plan)
+
+
+@pytest.mark.slow
+def test_a_worker_cut_off_from_postgres_hands_its_partitions_to_one_that_is_not(
+    workers,
+    servers,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Given two workers sharing the partitions, when one loses Postgres (but not Redis),
+    then after three lease TTLs it hands its partitions back and leaves the registry, the
+    other serves every partition and every caller gets an exact reply; once Postgres is
+    back the cut-off worker rejoins and the partitions are shared again."""
+    servers.reset("faults_cutoff")
+    relay = Relay(servers.env["ENTITIES_DATABASE_URL"])
+    store = SQLStore(servers.env["ENTITIES_DATABASE_URL"])
+    try:
+        (cut_off,) = workers.start(
+            1, wait=False, **{**servers.env, "ENTITIES_DATABASE_URL": relay.url}
+        )
+        eventually(lambda: not servers.status(store).unowned, timeout_s=60)
+        (healthy,) = workers.start(1, wait=False, **servers.env)
+        eventually(
+            lambda: len({p.owner for p in servers.status(store).partitions}) == 2, timeout_s=60
+        )
+        relay.cut()
+        driver = Driver(servers.env, tmp_path, 32, 160, 2.0)
+        data = driver.result()
+        check_exact(data["replies"], "tally", store.load)
+        status = servers.status(store)
+        assert {pid_of(p.owner) for p in status.partitions} == {healthy.pid}
+        assert "handing back" in cut_off.output()
+
+        relay.restore()
+        eventually(
+            lambda: (
+                {pid_of(p.owner) for p in servers.status(store).partitions}
+                == {healthy.pid, cut_off.pid}
+            ),
+            timeout_s=60,
+        )
+        assert cut_off.alive() and healthy.alive()
+    finally:
+        relay.cut()
+        store.close()

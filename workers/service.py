@@ -135,6 +135,7 @@ class PartitionService:
         )
         self._last_purge = 0.0  # purge once soon after start
         self.store_ok = True
+        self.withdrawn = False  # out of the registry while the store is unreachable
         self._store_ok_at = self._store_probed_at = time.monotonic()
 
     @property
@@ -202,7 +203,7 @@ class PartitionService:
         while not self._stopped.is_set():
             started = time.monotonic()
             try:
-                if not self._stopping.is_set():
+                if not self._stopping.is_set() and not self.withdrawn:
                     self.live = self._heartbeat()
                 self._renew()
             except Exception:
@@ -268,21 +269,32 @@ class PartitionService:
             self.store_ok = False
             down_s = now - self._store_ok_at
             if down_s > STORE_GRACE_TTLS * self.settings.lease_ttl_s:
-                with self._lock:
-                    runners = [r for r in self.runners.values() if not r.stopping]
-                if runners:
-                    log.error(
-                        "state store unreachable for %.1fs (%s); handing back %s partitions",
-                        down_s,
-                        exc,
-                        len(runners),
-                    )
-                    for runner in runners:
-                        runner.stop()
+                self._withdraw(down_s, exc)
             return False
+        if self.withdrawn:
+            log.warning("state store reachable again; rejoining the workers")
+            self.withdrawn = False
         self.store_ok = True
         self._store_ok_at = now
         return True
+
+    def _withdraw(self, down_s: float, exc: BaseException) -> None:
+        """Hands every partition back and leaves the registry, so the fair share of the
+        workers that can reach the store grows to cover them; heartbeats resume once the
+        store answers again."""
+        with self._lock:
+            runners = [r for r in self.runners.values() if not r.stopping]
+        if runners or not self.withdrawn:
+            log.error(
+                "state store unreachable for %.1fs (%s); handing back %s partitions",
+                down_s,
+                exc,
+                len(runners),
+            )
+        self.withdrawn = True
+        self.redis.zrem(WORKERS_KEY, self.worker_id)
+        for runner in runners:
+            runner.stop()
 
     def share(self) -> int:
         """This worker's fair share of the partitions: ceil(partitions / live workers)."""
@@ -389,6 +401,7 @@ class PartitionService:
             "partitions": {str(p): r.epoch for p, r in sorted(runners.items())},
             "live_workers": self.live,
             "store_ok": self.store_ok,
+            "withdrawn": self.withdrawn,
             "share": self.share(),
             "resident": resident,
             "hibernated": hibernated,
