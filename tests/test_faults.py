@@ -394,7 +394,6 @@ def test_postgres_crash_and_restart_mid_run_loses_nothing(
     run_with_faults(workers, servers, tmp_path, "postgres", plan)
 
 
-@pytest.mark.slow
 def test_a_worker_cut_off_from_postgres_hands_its_partitions_to_one_that_is_not(
     workers,
     servers,
