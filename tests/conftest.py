@@ -87,11 +87,28 @@ class WorkerProcess:
         self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "workers", "worker", "-P", "solo",
-                "-c", "1", "-l", "info", "-n", f"{name}@%h", "--without-mingle",
-                "--without-gossip", "--without-heartbeat",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-P",
+                "solo",
+                "-c",
+                "1",
+                "-l",
+                "info",
+                "-n",
+                f"{name}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
             ],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     @property
