@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -279,21 +279,7 @@ class SQLStore(Store):
                         conn, w.entity_type, w.entity_id, w.expected_version, w.vsn, w.state, now
                     )
             if batch.processed:
-                conn.execute(
-                    sa.insert(t.processed),
-                    [
-                        {
-                            "message_id": p.message_id,
-                            "entity_type": p.entity_type,
-                            "entity_id": p.entity_id,
-                            "partition": p.partition,
-                            "ok": p.ok,
-                            "reply": p.reply,
-                            "processed_at": now,
-                        }
-                        for p in batch.processed
-                    ],
-                )
+                self._record_processed(conn, batch.processed, now)
             for outcome in batch.alarm_outcomes:
                 self._alarm_outcome(conn, outcome, now)
             for change in batch.alarms:
@@ -352,6 +338,59 @@ class SQLStore(Store):
                 f"{epoch} and may no longer commit",
                 stale_epoch=True,
             )
+
+    def _record_processed(
+        self, conn: Connection, processed: list[Processed], now: dt.datetime
+    ) -> None:
+        """Inserts processed-message records; a message id already recorded fails the commit.
+
+        Postgres gets COPY, about three times faster than multi-row INSERTs for
+        the hundreds of rows of a batch; its driver errors are translated here.
+        """
+        if self.dialect != "postgresql":
+            conn.execute(
+                sa.insert(t.processed),
+                [
+                    {
+                        "message_id": p.message_id,
+                        "entity_type": p.entity_type,
+                        "entity_id": p.entity_id,
+                        "partition": p.partition,
+                        "ok": p.ok,
+                        "reply": p.reply,
+                        "processed_at": now,
+                    }
+                    for p in processed
+                ],
+            )
+            return
+        import psycopg
+
+        raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+        try:
+            with (
+                raw.cursor() as cur,
+                cur.copy(
+                    "COPY entity_processed (message_id, entity_type, entity_id, partition, ok, "
+                    "reply, processed_at) FROM STDIN"
+                ) as copy,
+            ):
+                for p in processed:
+                    copy.write_row(
+                        (
+                            p.message_id,
+                            p.entity_type,
+                            p.entity_id,
+                            p.partition,
+                            p.ok,
+                            json.dumps(p.reply, separators=(",", ":")),
+                            now,
+                        )
+                    )
+        except psycopg.errors.UniqueViolation as exc:
+            raise FenceError(f"a message of this batch was already recorded: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"state store error: {exc}") from exc
 
     def _write_many(self, conn: Connection, writes: list[Write], now: dt.datetime) -> None:
         """Fenced writes in three statements whatever their number (Postgres).
