@@ -107,6 +107,7 @@ class PartitionService:
             make_engine(
                 worker_database_url(settings.database_url, settings.lease_ttl_s),
                 pool_size=settings.partitions + 4,
+                pre_ping=False,  # a failed batch is retried on a fresh connection anyway
             )
         )
         # A hung socket must not outlive a lease; blocking waits last WAIT_S (< 1 s).

@@ -80,8 +80,12 @@ def _alarm(row: Any) -> Alarm:
     )
 
 
-def make_engine(url: str, pool_size: int = 8) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE."""
+def make_engine(url: str, pool_size: int = 8, pre_ping: bool = True) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE.
+
+    ``pre_ping`` tests every pooled connection before use (a round trip); a
+    worker turns it off, since it retries a batch whose connection failed.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -101,7 +105,9 @@ def make_engine(url: str, pool_size: int = 8) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return sa.create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping
+    )
 
 
 class SQLStore(Store):
@@ -246,7 +252,14 @@ class SQLStore(Store):
     def processed(self, message_ids: Sequence[str]) -> dict[str, Processed]:
         if not message_ids:
             return {}
-        query = sa.select(t.processed).where(t.processed.c.message_id.in_(list(message_ids)))
+        ids = list(message_ids)
+        if self.dialect == "postgresql":  # one array parameter: compiled once, whatever the count
+            match = t.processed.c.message_id == sa.any_(
+                sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.String))
+            )
+        else:
+            match = t.processed.c.message_id.in_(ids)
+        query = sa.select(t.processed).where(match)
         rows = self._read(lambda c: c.execute(query).all())
         return {
             r.message_id: Processed(
