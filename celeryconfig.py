@@ -5,8 +5,8 @@ variables can be added here or passed to ``app.conf.update``.
 """
 
 from entities.settings import get_settings
-from entities.transport import celery_config, ensure_broker
+from entities.transport import celery_config
 
-_settings = get_settings()
-ensure_broker(_settings)
-globals().update(celery_config(_settings))
+# Reading the configuration connects nothing; the embedded broker (the default)
+# is started when a worker, beat or a client's first send needs it.
+globals().update(celery_config(get_settings()))

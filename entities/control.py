@@ -47,7 +47,11 @@ class Paused:
 
 
 def _redis() -> redis.Redis:
-    return redis_from_url(get_settings().broker_url)
+    from entities.transport import ensure_broker
+
+    settings = get_settings()
+    ensure_broker(settings)  # the embedded default may not be running yet
+    return redis_from_url(settings.broker_url)
 
 
 def _partition(partition: int) -> int:

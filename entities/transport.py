@@ -47,6 +47,7 @@ def route_task(
     )
     settings = get_settings()
     _check_partitions(settings.partitions)
+    _ensure_broker_once(settings)
     return {"queue": partition_queue(partition_for(entity_type, entity_id, settings.partitions))}
 
 
@@ -161,6 +162,17 @@ def ensure_broker(settings: Settings) -> None:
         from entities.embedded import ensure_redis
 
         ensure_redis(settings.home)
+
+
+_broker_checked: str | None = None
+
+
+def _ensure_broker_once(settings: Settings) -> None:
+    """ensure_broker, once per process and broker URL (a client's first send)."""
+    global _broker_checked
+    if _broker_checked != settings.broker_url:
+        ensure_broker(settings)
+        _broker_checked = settings.broker_url
 
 
 def client_app() -> Any:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
 from entities.settings import get_settings
+from entities.transport import ensure_broker
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +51,12 @@ class PartitionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is
 
 
 app.steps["worker"].add(PartitionStep)
+
+
+def _start_embedded_broker(**_: Any) -> None:
+    """Starts the embedded redis-server when the broker is the default (a no-op otherwise)."""
+    ensure_broker(get_settings())
+
+
+signals.worker_init.connect(_start_embedded_broker, weak=False)
+signals.beat_init.connect(_start_embedded_broker, weak=False)
