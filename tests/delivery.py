@@ -5,10 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -129,18 +128,6 @@ def processed_count(store: Any) -> int:
 
     with store.engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(schema.processed)).scalar())
-
-
-def eventually(check: Callable[[], T], timeout_s: float = 30.0, interval_s: float = 0.05) -> T:
-    """Polls ``check`` until it returns a truthy value; returns it, or fails with the last one."""
-    deadline = time.monotonic() + timeout_s
-    value = check()
-    while not value:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s (last: {value!r})")
-        time.sleep(interval_s)
-        value = check()
-    return value
 
 
 def queues_drained(redis_client: Any) -> bool:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import signal
 
 from entities import read
-from tests.delivery import collect, eventually, increments, processed_count, queues_drained
+from tests.delivery import collect, increments, processed_count, queues_drained
+from tests.lifecycle import eventually
 
 ENTITIES = [f"k{i:02d}" for i in range(20)]
 PER_ENTITY = 150

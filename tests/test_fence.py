@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from entities import read
 from entities.routing import inflight_key
-from tests.delivery import REPLY_TIMEOUT_S, call, eventually, partition_of, send
+from tests.delivery import REPLY_TIMEOUT_S, call, partition_of, send
+from tests.lifecycle import eventually
 
 
 def test_a_row_changed_behind_the_workers_back_is_reloaded_not_overwritten(  # type: ignore[no-untyped-def]

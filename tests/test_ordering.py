@@ -13,14 +13,8 @@ from typing import Any
 import pytest
 
 from entities import read
-from tests.delivery import (
-    collect,
-    eventually,
-    increments,
-    partition_of,
-    queues_drained,
-    send,
-)
+from tests.delivery import collect, increments, partition_of, queues_drained, send
+from tests.lifecycle import eventually
 
 
 def replies_per_entity(sent: list[tuple[str, Any]]) -> dict[str, list[Any]]:
