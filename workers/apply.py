@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import uuid
 from typing import Any
+
+import orjson
 
 from entities import clock, codec, registry, telemetry
 from entities.errors import BadMessage, StateError
@@ -311,9 +314,10 @@ def _stage(staged: dict[Key, Staged], key: Key, live: Live | None) -> Staged:
 
 
 def _check_size(env: Envelope, encoded: dict[str, Any], limit: int) -> None:
-    import json
-
-    size = len(json.dumps(encoded, separators=(",", ":")))
+    try:
+        size = len(orjson.dumps(encoded))
+    except TypeError:  # what orjson refuses (integers beyond 64 bits) the stdlib sizes
+        size = len(json.dumps(encoded, separators=(",", ":")).encode())
     if size > limit:
         raise StateError(
             f"{env.entity_type} {env.entity_id!r}: encoded state is {size} bytes, more than "
