@@ -20,13 +20,13 @@ from tests.delivery import (
     REPLY_TIMEOUT_S,
     call,
     envelope,
-    eventually,
     id_in_partition,
     queue_of,
     result,
     send,
 )
 from tests.fixture_entities import Boom
+from tests.lifecycle import eventually
 
 
 def dead_letters(store: Any) -> list[Any]:
