@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 import types
 import typing
 import uuid
@@ -217,7 +218,7 @@ def decode(data: JSON, tp: Any = Any, path: str = "state") -> Any:
 def _decode_tag(tag: str, raw: Any, tp: Any, path: str) -> Any:
     try:
         if tag == "$datetime":
-            return dt.datetime.fromisoformat(raw)
+            return _parse_datetime(raw)
         if tag == "$date":
             return dt.date.fromisoformat(raw)
         if tag == "$decimal":
@@ -228,6 +229,23 @@ def _decode_tag(tag: str, raw: Any, tp: Any, path: str) -> Any:
         raise StateError(f"{path}: stored {tag} value {raw!r} is malformed: {exc}") from None
     item = _item_type(tp, 1)
     return {k: decode(v, item, f"{path}[{k!r}]") for k, v in raw.items()}
+
+
+#: A UTC offset with microseconds, as ``isoformat`` writes it: ``+05:30:00.000001``.
+_FINE_OFFSET = re.compile(r"([+-])(\d\d):(\d\d):(\d\d)\.(\d{6})$")
+
+
+def _parse_datetime(raw: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(raw)
+    # Python 3.11's fromisoformat drops the microseconds of a UTC offset; restore them.
+    fine = _FINE_OFFSET.search(raw)
+    if fine is not None:
+        sign, hours, minutes, seconds, micros = fine.groups()
+        offset = dt.timedelta(
+            hours=int(hours), minutes=int(minutes), seconds=int(seconds), microseconds=int(micros)
+        )
+        value = value.replace(tzinfo=dt.timezone(-offset if sign == "-" else offset))
+    return value
 
 
 def _decode_dataclass(classes: list[type], data: dict[str, Any], path: str) -> Any:

@@ -354,3 +354,10 @@ def test_property_float_lists_survive_numbers_printed_as_ints(floats: list[float
     printed = [int(f) if f.is_integer() else f for f in floats]
     assert_same(decode(printed, list[float]), [float(p) for p in printed])
     assert decode(printed, list[float]) == floats
+
+
+def test_a_utc_offset_with_microseconds_round_trips() -> None:
+    """Python 3.11's fromisoformat drops an offset's microseconds; the codec keeps them."""
+    for offset in (dt.timedelta(microseconds=1), -dt.timedelta(hours=5, microseconds=7)):
+        value = dt.datetime(2000, 1, 1, tzinfo=dt.timezone(offset))
+        assert_same(round_trip(value), value)
