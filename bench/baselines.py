@@ -56,7 +56,7 @@ def _connection() -> Any:
     return _conn
 
 
-@app.task(name=HANDROLLED, acks_late=True)
+@app.task(name=HANDROLLED, acks_late=True)  # type: ignore[untyped-decorator]  # celery is untyped
 def handrolled(entity_id: str, amount: int = 1) -> int:
     """Baseline A: lock the row, update the JSON state, commit, return the new count."""
     from psycopg.types.json import Jsonb
@@ -79,13 +79,13 @@ def handrolled(entity_id: str, amount: int = 1) -> int:
     return int(state["count"])
 
 
-@app.task(name=NOOP)
+@app.task(name=NOOP)  # type: ignore[untyped-decorator]  # celery is untyped
 def noop(entity_id: str, amount: int = 1) -> int:
     """Baseline B: does nothing; the reply is the argument."""
     return amount
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _announce_ready(**_: Any) -> None:
     """Tells the bench this worker consumes (one key per process id)."""
     client = app.backend.client

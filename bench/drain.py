@@ -5,13 +5,15 @@ worker process starts. The clock starts when it begins to consume (ours: its
 first partition lease; Celery: its worker_ready signal, sent as its consumer
 starts) and stops when the last reply is stored (and, for the hot entity, the
 last message is acknowledged: queue and in-flight list empty). Interpreter
-start-up and imports are left out; taking partitions is counted.
+start-up and imports are left out; taking partitions is counted, and how long
+it took is recorded (``all_serving_s``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +33,8 @@ class Drain:
     worker_cpu_s: float
     check: dict[str, int]
     publish_s: float = 0.0
+    #: Seconds from the first take until every partition was served (None: not seen).
+    all_serving_s: float | None = None
 
     @property
     def per_s(self) -> float:
@@ -48,6 +52,7 @@ class Drain:
             "worker_cpu_ms_per_msg": round(1000 * self.worker_cpu_s / self.messages, 4),
             "worker_cpu_share": round(self.worker_cpu_s / self.seconds, 3),
             "publish_s": round(self.publish_s, 2),
+            "all_serving_s": None if self.all_serving_s is None else round(self.all_serving_s, 3),
             "check": self.check,
         }
 
@@ -83,11 +88,13 @@ def timed_drain(
         timeout_s = 120.0 + len(sent) / 100
         started = _wait_consuming(system, started_workers)
         cpu0 = sum(w.cpu_s() for w in started_workers)
+        serving = _ServingWatch(system, started_workers)
         with profiler(started_workers[0].pid) if profiler else contextlib.nullcontext():
             done = wait_replies(run.redis, sent, timeout_s)
             if acked:
                 done = _wait_acked(run, sent, timeout_s)
         cpu = sum(w.cpu_s() for w in started_workers) - cpu0
+        serving_s = serving.stop(started)
         for w in started_workers:
             w.check_alive()
         check = check_replies(run.redis, sent, system.counting)
@@ -98,8 +105,32 @@ def timed_drain(
     if not keep:
         for w in started_workers:
             w.stop()
-    drain = Drain(system.name, len(sent), done - started, cpu, check, publish_s)
+    drain = Drain(system.name, len(sent), done - started, cpu, check, publish_s, serving_s)
     return drain, started_workers
+
+
+class _ServingWatch(threading.Thread):
+    """Notes when the worker(s) serve every partition, polling every 5 ms in the background."""
+
+    def __init__(self, system: System, workers: list[WorkerProcess]) -> None:
+        super().__init__(name="bench-serving-watch", daemon=True)
+        self.system, self.workers = system, workers
+        self.at: float | None = None
+        self._stop_event = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            if self.system.all_serving(self.workers):
+                self.at = time.perf_counter()
+                return
+            self._stop_event.wait(0.005)
+
+    def stop(self, started: float) -> float | None:
+        """Seconds from ``started`` until everything was served, if it was."""
+        self._stop_event.set()
+        self.join(5)
+        return None if self.at is None else max(0.0, self.at - started)
 
 
 def _wait_consuming(system: System, workers: list[WorkerProcess]) -> float:

@@ -45,7 +45,7 @@ def measure(run: Run, load_per_s: float, round_no: int) -> dict[str, Any]:
             victim, survivor = w1, w2
             probe = _probe_id(run, victim.pid)
             lease = lease_key(partition_for(ENTITY_TYPE, probe, run.partitions))
-            old_token = run.redis.get(lease)
+            old_token: bytes | None = run.redis.get(lease)  # type: ignore[assignment]
             killed_at = dt.datetime.now(dt.UTC)
             killed = time.perf_counter()
             victim.kill9()

@@ -1,9 +1,9 @@
 """One run of measurement: the alternating drain/latency slots, then ours-only figures.
 
 Slots alternate A, B, ours in every round, so drift on the shared machine hits
-all three alike; each slot starts one fresh worker on emptied state, drains a
-pre-filled queue, makes sequential calls and stops it. Ours' slot also runs
-the hot-entity drain on the same worker.
+all three alike; each slot empties the state, starts one fresh worker on a
+pre-filled queue, times the drain, makes sequential calls on that worker and
+stops it. Ours' slot then times the hot entity on a fresh worker of its own.
 """
 
 from __future__ import annotations
@@ -64,9 +64,11 @@ def drain_and_latency(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
             got = slot(run, system, sizes, r)
             drains[system.name].append(got["drain"])
             lats[system.name].extend(got["latency"])
+            d, p50 = got["drain"], summary(got["latency"])["p50_ms"]
+            serving = "n/a" if d.all_serving_s is None else f"{d.all_serving_s:.2f} s"
             log(
-                f"round {r + 1}: {system.label}: drain {got['drain'].per_s:,.0f}/s, "
-                f"call p50 {summary(got['latency'])['p50_ms']} ms"
+                f"round {r + 1}: {system.label}: drain {d.per_s:,.0f}/s in {d.seconds:.2f} s "
+                f"(all served after {serving}), call p50 {p50} ms"
             )
             if "hot" in got:
                 hots.append(got["hot"])

@@ -91,6 +91,16 @@ def resolve(redis_url: str | None, database_url: str | None, home: Path) -> Serv
     return Servers(redis_url, database_url, tuple(embedded))
 
 
+def stop_embedded(servers: Servers, home: Path) -> None:
+    """Stops the embedded servers this run started (they hold nothing but the bench's data)."""
+    from entities import embedded
+
+    for name in servers.embedded:
+        stop = getattr(embedded, f"stop_{name}", None)
+        if stop is not None:
+            stop(home / name)
+
+
 def _recreate(admin_url: str, name: str) -> str:
     engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:

@@ -93,6 +93,10 @@ class System:
         """True once ``worker`` serves everything it will serve (ours: every partition)."""
         return self.consuming(worker)
 
+    def all_serving(self, workers: Sequence[procs.WorkerProcess]) -> bool:
+        """True once ``workers`` together serve everything (ours: every partition owned)."""
+        return all(self.consuming(w) for w in workers)
+
     def start(self, name: str, lease_ttl_s: float | None = None) -> procs.WorkerProcess:
         """Starts one worker process and returns once it is ready."""
         worker = self.spawn(name, lease_ttl_s)
@@ -141,6 +145,10 @@ class Ours(System):
     def ready(self, worker: procs.WorkerProcess) -> bool:
         owned = procs.owned_by(self.run.redis, self.run.partitions, worker.pid)
         return len(owned) == self.run.partitions
+
+    def all_serving(self, workers: Sequence[procs.WorkerProcess]) -> bool:
+        owned = (procs.owned_by(self.run.redis, self.run.partitions, w.pid) for w in workers)
+        return sum(len(o) for o in owned) == self.run.partitions
 
     def publish(self, entity_ids: Sequence[str]) -> list[Sent]:
         from entities.routing import partition_for, queue_name
