@@ -136,9 +136,14 @@ class EntityMemory:
         return bool(self._dirty)
 
     def counts(self) -> tuple[int, int]:
-        """(resident, hibernated) entity counts."""
-        hibernated = sum(1 for v in self._items.values() if v.obj is None)
-        return len(self._items) - hibernated, hibernated
+        """(resident, hibernated) entity counts; safe to call from another thread.
+
+        ``list()`` copies the values in one step under the GIL, so the runner
+        thread cannot change the dict while it is being counted.
+        """
+        entities = list(self._items.values())
+        hibernated = sum(1 for v in entities if v.obj is None)
+        return len(entities) - hibernated, hibernated
 
     def sweep(self, now: float | None = None) -> tuple[list[Key], bool]:
         """Hibernates and evicts idle entities and enforces the resident bound.
