@@ -12,6 +12,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import re
 from typing import Any
 
 import orjson
@@ -105,16 +106,29 @@ class Envelope:
         return (self.entity_type, self.entity_id)
 
 
-def _loads(data: bytes | str) -> Any:
-    """JSON in, fast (orjson) for what it reads; the standard library for the rest.
+#: A run of digits this long may be an integer outside 64 bits, which orjson turns into
+#: a float without a word (-2**63 - 1 becomes -9.223372036854776e+18).
+_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19,}")
 
-    orjson refuses a few things json accepts (integers beyond 64 bits, NaN), so a
-    message using them still parses exactly as before.
+
+def _loads(data: bytes | str) -> Any:
+    """JSON in, fast (orjson) for what it reads exactly; the standard library for the rest.
+
+    orjson refuses a few things json accepts (NaN, huge exponents) and reads
+    integers beyond 64 bits as floats, so a message using them goes to the
+    standard library and parses exactly as before.
     """
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    if isinstance(data, str):
+        exact = _LONG_DIGITS_TEXT.search(data) is None
+    else:
+        exact = isinstance(data, bytes) and _LONG_DIGITS.search(data) is None
+    if exact:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
 
 
 def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
@@ -131,7 +145,7 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
         props = outer.get("properties") or {}
         ctype = outer.get("content-type")
         body = outer["body"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deep nesting
         env.error = "not a Celery message (the envelope is not JSON with headers and body)"
         return env
     if not isinstance(headers, dict):
@@ -170,7 +184,7 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
             env.error = f"message body of {len(body)} bytes exceeds the limit of {max_bytes} bytes"
             return env
         args, kwargs, _embed = _loads(body)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, RecursionError, binascii.Error):
         env.error = "body is not a JSON [args, kwargs, embed] triple"
         return env
     try:

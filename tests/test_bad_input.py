@@ -52,6 +52,7 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "a JSON list": (b"[1, 2, 3]", "not an object"),
     "a JSON string": (b'"surprise"', "not an object"),
     "kombu type tag": (b'{"__type__": "nope", "__value__": 1}', "not JSON"),
+    "nested 100,000 deep": (b"[" * 100_000, "not JSON"),
     "properties not an object": (mutate(good(), _set(("properties",), "nope")), "properties"),
     "headers a list": (mutate(good(), _set(("headers",), [1])), "headers"),
     "unknown body encoding": (

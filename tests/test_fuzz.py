@@ -129,6 +129,22 @@ def test_any_bytes_or_json_parse_to_a_refusal_without_raising(examples: int) -> 
 
 
 @unit
+def test_integers_beyond_64_bits_in_a_message_arrive_exactly() -> None:
+    big = [-(2**63) - 1, 2**64, 10**30, -(10**40), 2**63 - 1, -(2**63)]
+    env = parse_envelope(envelope(["tally", "t", {"op": "add", "args": big}]), 1 << 20)
+    assert env.args == big and all(isinstance(n, int) for n in env.args)
+
+
+@unit
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_deeply_nested_json_is_refused_not_raised(depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    assert parse_envelope(nested, 1 << 20).error is not None
+    assert parse_envelope(envelope(None, body=nested), 1 << 20).error is not None
+    assert screen(nested, StubChannel()) is not None
+
+
+@unit
 @pytest.mark.parametrize("examples", DEPTHS)
 def test_envelope_shaped_garbage_is_refused_or_fully_valid(examples: int) -> None:
     @fuzz(examples, envelopes())
