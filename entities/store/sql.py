@@ -80,6 +80,29 @@ def _alarm(row: Any) -> Alarm:
     )
 
 
+# One fixed statement for every batch's updates (compiled and prepared once): the
+# batch's rows arrive as arrays, unnested into a table to join on the fence.
+_UPDATE_MANY = sa.text(
+    """
+    UPDATE entity_snapshots AS s
+    SET version = v.expected + 1, vsn = v.vsn, state = CAST(v.state AS JSONB),
+        updated_at = :now
+    FROM unnest(:types, :ids, :expected, :vsns, :states)
+        AS v(entity_type, entity_id, expected, vsn, state)
+    WHERE s.entity_type = v.entity_type AND s.entity_id = v.entity_id
+      AND s.version = v.expected
+    RETURNING s.entity_type, s.entity_id
+    """
+).bindparams(
+    sa.bindparam("types", type_=postgresql.ARRAY(sa.Text)),
+    sa.bindparam("ids", type_=postgresql.ARRAY(sa.Text)),
+    sa.bindparam("expected", type_=postgresql.ARRAY(sa.BigInteger)),
+    sa.bindparam("vsns", type_=postgresql.ARRAY(sa.Integer)),
+    sa.bindparam("states", type_=postgresql.ARRAY(sa.Text)),
+    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+)
+
+
 def make_engine(url: str, pool_size: int = 8, pre_ping: bool = True) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE.
 
@@ -409,7 +432,7 @@ class SQLStore(Store):
         """Fenced writes in three statements whatever their number (Postgres).
 
         New entities: one multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING;
-        updates: one UPDATE ... FROM (VALUES ...) WHERE version = expected
+        updates: one UPDATE ... FROM unnest(arrays) WHERE version = expected
         RETURNING. A row missing from either RETURNING is a stale write.
         """
         s = t.snapshots.c
@@ -444,41 +467,16 @@ class SQLStore(Store):
                     "concurrently by another writer"
                 )
         if updates:
-            v = sa.values(
-                sa.column("k_type", sa.String),
-                sa.column("k_id", sa.String),
-                sa.column("expected", sa.BigInteger),
-                sa.column("new_vsn", sa.Integer),
-                sa.column("new_state", sa.Text),
-                name="v",
-            ).data(
-                [
-                    (
-                        w.entity_type,
-                        w.entity_id,
-                        w.expected_version,
-                        w.vsn,
-                        json.dumps(w.state, separators=(",", ":")),
-                    )
-                    for w in updates
-                ]
-            )
-            update = (
-                sa.update(t.snapshots)
-                .where(
-                    (s.entity_type == v.c.k_type)
-                    & (s.entity_id == v.c.k_id)
-                    & (s.version == v.c.expected)
-                )
-                .values(
-                    version=v.c.expected + 1,
-                    vsn=v.c.new_vsn,
-                    state=sa.cast(v.c.new_state, postgresql.JSONB),
-                    updated_at=now,
-                )
-                .returning(s.entity_type, s.entity_id)
-            )
-            done = {(r.entity_type, r.entity_id) for r in conn.execute(update)}
+            params = {
+                "types": [w.entity_type for w in updates],
+                "ids": [w.entity_id for w in updates],
+                "expected": [w.expected_version for w in updates],
+                "vsns": [w.vsn for w in updates],
+                "states": [json.dumps(w.state, separators=(",", ":")) for w in updates],
+                "now": now,
+            }
+            update = conn.execute(_UPDATE_MANY, params)
+            done = {(r.entity_type, r.entity_id) for r in update}
             stale = [w for w in updates if (w.entity_type, w.entity_id) not in done]
             if stale:
                 w = stale[0]
