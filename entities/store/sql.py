@@ -164,6 +164,10 @@ class SQLStore(Store):
     def _read(self, fn: Callable[[Connection], T]) -> T:
         try:
             with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    # A single-statement read needs no transaction: autocommit saves the
+                    # ROLLBACK round trip a pooled connection otherwise pays on return.
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 return fn(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"state store error: {exc}") from exc
