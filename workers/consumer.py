@@ -90,7 +90,8 @@ class ScreeningChannel(kombu_redis.Channel):  # type: ignore[misc]
                 queue, item = reply
                 reason = screen(item, self)
                 if reason is not None:
-                    self.connection.dead_letter(_text(queue), item, reason)
+                    name = _text(queue).rsplit(self.sep, 1)[0]  # without a priority suffix
+                    self.connection.dead_letter(name, item, reason)
                     return None  # as if the pop had timed out: kombu polls again
             return reply
 
