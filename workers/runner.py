@@ -20,11 +20,13 @@ from collections.abc import Callable
 import redis
 
 from entities import telemetry
-from entities.errors import FenceError, StoreError
-from entities.store import OutboxMessage
+from entities.errors import BadMessage, FenceError, StoreError
+from entities.messages import parse_envelope
+from entities.routing import queue_name
+from entities.store import CommitBatch, DeadLetter, OutboxMessage
 from workers.broker import PartitionQueues
 from workers.holds import Holds
-from workers.processor import Processor
+from workers.processor import Outcome, Processor
 from workers.replies import ReplyWriter
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 WAIT_S = 0.5
 #: Seconds between sweeps of idle entities.
 SWEEP_EVERY_S = 1.0
+#: Unexpected failures in a row before the runner isolates, then dead-letters, a message.
+POISON_STRIKES = 3
 #: Backoff bounds in seconds after an infrastructure error.
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
 
@@ -73,6 +77,13 @@ class PartitionRunner(threading.Thread):
         self.pending = 0  # oldest in-flight messages applied but not acknowledged
         self._outbox_backlog = True  # a previous owner may have left messages to publish
         self.holds = Holds(queues.client, partition)
+        # A message that makes applying fail for a reason that is not the store's or the
+        # broker's (a bug) would otherwise be retried forever and stall the partition:
+        # after POISON_STRIKES failures the runner fetches one message at a time, and a
+        # lone message that still fails is dead-lettered and acknowledged.
+        self._strikes = 0
+        self._fetch_size = batch_size
+        self._current: list[bytes] = []
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
 
     def stop(self) -> None:
@@ -116,6 +127,13 @@ class PartitionRunner(threading.Thread):
             except Exception as exc:  # a bug: keep the messages, log loudly, retry
                 log.exception("partition %s: unexpected error; retrying", self.partition)
                 backoff = self._recover(backoff, exc)
+                try:
+                    self._strike(exc)
+                except LeaseLost:
+                    reason = "lease lost"
+                    break
+                except Exception:
+                    log.exception("partition %s: could not set a message aside", self.partition)
             if self._stopping.is_set() and self.pending == 0 and not self.processor.dirty:
                 break  # stopping after a failed flush: the next owner re-applies what is in flight
         self.on_exit(self, reason)
@@ -135,7 +153,7 @@ class PartitionRunner(threading.Thread):
             self._stopping.wait(WAIT_S / 2)
             self.holds.refresh(force=True)
             return True
-        raws = self.queues.fetch(self.partition, self.token, self.batch_size, self.pending)
+        raws = self.queues.fetch(self.partition, self.token, self._fetch_size, self.pending)
         if raws is None:
             return False
         if not raws:
@@ -144,7 +162,9 @@ class PartitionRunner(threading.Thread):
             self.queues.wait(self.partition, wait)
             return True
         started, started_at = time.perf_counter(), time.time()
+        self._current = raws
         result = self.processor.process(raws, self.epoch, control.held)
+        self._strikes = 0
         self.replies.write(result.outcomes)
         self._publish(result.outbox)
         if result.held:
@@ -208,6 +228,42 @@ class PartitionRunner(threading.Thread):
         pending = self.processor.store.pending_outbox(self.partition)
         self._outbox_backlog = False
         self._publish(pending)
+
+    def _strike(self, exc: BaseException) -> None:
+        """Counts an unexpected failure; isolates, then dead-letters, a poison message."""
+        self._strikes += 1
+        if self._strikes < POISON_STRIKES or not self._current:
+            return
+        self._strikes = 0
+        if self._fetch_size > 1:
+            log.error(
+                "partition %s: repeated unexpected errors; applying one message at a "
+                "time to find the one that fails",
+                self.partition,
+            )
+            self._fetch_size = 1
+            return
+        raw = self._current[0]
+        reason = f"applying it failed {POISON_STRIKES} times with an unexpected error: {exc!r}"
+        log.error("partition %s: dead-lettering a message: %s", self.partition, reason)
+        self.processor.store.commit(
+            CommitBatch(
+                self.partition,
+                self.epoch,
+                dead_letters=[
+                    DeadLetter(
+                        queue_name(self.partition), reason, raw[:65536].decode("utf-8", "replace")
+                    )
+                ],
+            )
+        )
+        env = parse_envelope(raw, self.processor.settings.max_message_bytes)
+        if env.task_id and not env.silent:
+            self.replies.write([Outcome.failure(env.task_id, BadMessage(reason))])
+        if not self.queues.ack(self.partition, self.token, 1):
+            raise LeaseLost(self.partition)
+        self._fetch_size = self.batch_size
+        telemetry.emit("message.dead_lettered", queue=queue_name(self.partition), reason=reason)
 
     def _recover(self, backoff: float, exc: BaseException) -> float:
         self.processor.reset()
