@@ -4,81 +4,42 @@ Version fences are enforced by the database: an update names the expected
 version in its WHERE clause and a new entity is inserted only if absent, so a
 stale writer changes nothing. The partition epoch is read ``FOR SHARE`` in the
 same transaction, so a claim by a new owner waits for, or invalidates, every
-commit of the old one. Driver errors become StoreError here and nowhere else.
+commit of the old one. Driver errors become StoreError at one boundary
+(:class:`~entities.store.sql_support.SQLTables`). Alarms and the outbox and dead
+letters live in their own modules (``sql_alarms``, ``sql_letters``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from entities import clock
 from entities.errors import ConfigurationError, FenceError, SchemaError, StoreError
 from entities.store import schema as t
 from entities.store.base import (
-    Alarm,
-    AlarmChange,
-    AlarmOutcome,
     CommitBatch,
-    DeadLetter,
     Key,
-    OutboxMessage,
     Processed,
     Snapshot,
     Store,
     Write,
 )
-
-T = TypeVar("T")
-
-#: Raised by drivers and JSON serializers, unwrapped, for values they cannot send
-#: (a lone surrogate in a str, a non-JSON object in a JSON column).
-_DRIVER_DATA_ERRORS = (UnicodeError, TypeError, ValueError)
-
-
-def utcnow() -> dt.datetime:
-    """The current time, aware, in UTC (the runtime's clock, virtual under the test kit)."""
-    return clock.now()
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    # SQLite keeps a datetime's wall time and drops its offset: store every time in UTC.
-    return _aware(value).astimezone(dt.UTC)
-
-
-def _text(value: str) -> str:
-    # Postgres text cannot hold NUL; a dead letter keeps the rest of what arrived.
-    return value.replace("\x00", "\ufffd")
-
-
-def _alarm(row: Any) -> Alarm:
-    return Alarm(
-        row.entity_type,
-        row.entity_id,
-        row.name,
-        _aware(row.fire_at),
-        row.payload,
-        row.scheduling_id,
-        row.attempts,
-        row.status,
-        row.last_error,
-    )
-
+from entities.store.sql_alarms import AlarmTables
+from entities.store.sql_letters import LetterTables
+from entities.store.sql_support import (
+    _aware,
+    _text,
+    _utc,
+    utcnow,
+)
 
 # One fixed statement for every batch's updates (compiled and prepared once): the
 # batch's rows arrive as arrays, unnested into a table to join on the fence.
@@ -133,7 +94,7 @@ def make_engine(url: str, pool_size: int = 8, pre_ping: bool = True) -> Engine:
     )
 
 
-class SQLStore(Store):
+class SQLStore(AlarmTables, LetterTables, Store):
     """The Store on a SQLAlchemy engine (Postgres or SQLite)."""
 
     def __init__(self, url_or_engine: str | Engine, pool_size: int = 8) -> None:
@@ -144,35 +105,6 @@ class SQLStore(Store):
         )
         self.dialect = self.engine.dialect.name
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-
-    # -- the one boundary where driver errors are translated --------------------
-
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except (FenceError, ConfigurationError):
-            raise
-        except IntegrityError as exc:
-            raise FenceError(f"a concurrent writer got there first: {exc.orig}") from exc
-        except SQLAlchemyError as exc:
-            raise StoreError(f"state store error: {exc}") from exc
-        except _DRIVER_DATA_ERRORS as exc:
-            raise StoreError(f"the state store cannot take this data: {exc}") from exc
-
-    def _read(self, fn: Callable[[Connection], T]) -> T:
-        try:
-            with self.engine.connect() as conn:
-                if self.dialect == "postgresql":
-                    # A single-statement read needs no transaction: autocommit saves the
-                    # ROLLBACK round trip a pooled connection otherwise pays on return.
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                return fn(conn)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"state store error: {exc}") from exc
-        except _DRIVER_DATA_ERRORS as exc:
-            raise StoreError(f"the state store cannot take this data: {exc}") from exc
 
     # -- schema and partitions ------------------------------------------------
 
@@ -536,210 +468,6 @@ class SQLStore(Store):
                 f"{etype} {eid!r}: stored version is no longer {expected}; a concurrent writer "
                 "changed it"
             )
-
-    # -- alarms ---------------------------------------------------------------
-
-    def _set_alarm(self, conn: Connection, change: AlarmChange) -> None:
-        a = t.alarms.c
-        key = (
-            (a.entity_type == change.entity_type)
-            & (a.entity_id == change.entity_id)
-            & (a.name == change.name)
-        )
-        if change.fire_at is None:
-            conn.execute(sa.delete(t.alarms).where(key))
-            return
-        values = {
-            "fire_at": _utc(change.fire_at),
-            "payload": change.payload,
-            "scheduling_id": uuid.uuid4().hex,
-            "status": "scheduled",
-            "attempts": 0,
-            "last_error": None,
-            "dispatched_at": None,
-        }
-        conn.execute(
-            self._insert(t.alarms)
-            .values(
-                entity_type=change.entity_type,
-                entity_id=change.entity_id,
-                name=change.name,
-                **values,
-            )
-            .on_conflict_do_update(index_elements=["entity_type", "entity_id", "name"], set_=values)
-        )
-
-    def _alarm_outcome(self, conn: Connection, outcome: AlarmOutcome, now: dt.datetime) -> None:
-        a = t.alarms.c
-        current = (
-            (a.entity_type == outcome.entity_type)
-            & (a.entity_id == outcome.entity_id)
-            & (a.name == outcome.name)
-            & (a.scheduling_id == outcome.scheduling_id)
-        )
-        if outcome.error is None:
-            conn.execute(sa.delete(t.alarms).where(current))
-            return
-        conn.execute(
-            sa.update(t.alarms)
-            .where(current)
-            .values(
-                attempts=outcome.attempts,
-                last_error=_text(outcome.error[:4000]),
-                status="scheduled" if outcome.retry_at is not None else "failed",
-                fire_at=_utc(outcome.retry_at) if outcome.retry_at is not None else now,
-                dispatched_at=None,
-            )
-        )
-
-    def get_alarm(self, entity_type: str, entity_id: str, name: str) -> Alarm | None:
-        a = t.alarms.c
-        query = sa.select(t.alarms).where(
-            (a.entity_type == entity_type) & (a.entity_id == entity_id) & (a.name == name)
-        )
-        row = self._read(lambda c: c.execute(query).first())
-        return None if row is None else _alarm(row)
-
-    def set_alarm(self, change: AlarmChange) -> None:
-        with self._tx() as conn:
-            self._set_alarm(conn, change)
-
-    def cancel_all_alarms(self, entity_type: str, entity_id: str) -> int:
-        with self._tx() as conn:
-            result = conn.execute(
-                sa.delete(t.alarms).where(
-                    (t.alarms.c.entity_type == entity_type) & (t.alarms.c.entity_id == entity_id)
-                )
-            )
-        return int(result.rowcount or 0)
-
-    def list_alarms(self, entity_type: str, entity_id: str) -> list[Alarm]:
-        a = t.alarms.c
-        query = (
-            sa.select(t.alarms)
-            .where((a.entity_type == entity_type) & (a.entity_id == entity_id))
-            .order_by(a.fire_at, a.name)
-        )
-        rows = self._read(lambda c: c.execute(query).all())
-        return [_alarm(r) for r in rows]
-
-    def claim_due_alarms(
-        self,
-        now: dt.datetime,
-        limit: int,
-        redispatch_after_s: float,
-        skip_before: dt.datetime | None = None,
-    ) -> list[Alarm]:
-        a = t.alarms.c
-        now = _utc(now)
-        stale = now - dt.timedelta(seconds=redispatch_after_s)
-        due = (a.status == "scheduled") & (a.fire_at <= now)
-        due &= a.dispatched_at.is_(None) | (a.dispatched_at < stale)
-        with self._tx() as conn:
-            skipped: list[Alarm] = []
-            if skip_before is not None:
-                late = due & (a.fire_at < _utc(skip_before))
-                reason = (
-                    f"skipped: more than {(now - _utc(skip_before)).total_seconds():g} s late "
-                    f"when dispatched at {now.isoformat()} (misfire policy skip)"
-                )
-                skipped = self._claim(
-                    conn, late, limit, dispatched_at=now, status="skipped", last_error=reason
-                )
-            claimed = []
-            if len(skipped) < limit:
-                claimed = self._claim(conn, due, limit - len(skipped), dispatched_at=now)
-        return sorted(skipped + claimed, key=lambda x: x.fire_at)
-
-    @staticmethod
-    def _claim(conn: Connection, where: Any, limit: int, **values: Any) -> list[Alarm]:
-        """Updates the ``limit`` earliest alarms matching ``where`` that no one else locked."""
-        a = t.alarms.c
-        earliest = (
-            sa.select(a.entity_type, a.entity_id, a.name)
-            .where(where)
-            .order_by(a.fire_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)  # no-op on SQLite, where writers queue
-        )
-        key = sa.tuple_(a.entity_type, a.entity_id, a.name)
-        update = sa.update(t.alarms).where(key.in_(earliest)).values(**values)
-        return [_alarm(r) for r in conn.execute(update.returning(*t.alarms.c)).all()]
-
-    def failed_alarms(self, entity_type: str | None = None, limit: int = 100) -> list[Alarm]:
-        a = t.alarms.c
-        query = sa.select(t.alarms).where(a.status.in_(("failed", "skipped")))
-        if entity_type is not None:
-            query = query.where(a.entity_type == entity_type)
-        query = query.order_by(a.fire_at, a.entity_type, a.entity_id, a.name).limit(limit)
-        rows = self._read(lambda c: c.execute(query).all())
-        return [_alarm(r) for r in rows]
-
-    def retry_alarm(
-        self, entity_type: str, entity_id: str, name: str, fire_at: dt.datetime
-    ) -> Alarm | None:
-        a = t.alarms.c
-        with self._tx() as conn:
-            row = conn.execute(
-                sa.update(t.alarms)
-                .where(
-                    (a.entity_type == entity_type)
-                    & (a.entity_id == entity_id)
-                    & (a.name == name)
-                    & a.status.in_(("failed", "skipped"))
-                )
-                .values(
-                    fire_at=_utc(fire_at),
-                    scheduling_id=uuid.uuid4().hex,
-                    status="scheduled",
-                    attempts=0,
-                    last_error=None,
-                    dispatched_at=None,
-                )
-                .returning(*t.alarms.c)
-            ).first()
-        return None if row is None else _alarm(row)
-
-    # -- outbox and dead letters -------------------------------------------------
-
-    def pending_outbox(self, partition: int, limit: int = 500) -> list[OutboxMessage]:
-        query = (
-            sa.select(t.outbox)
-            .where(t.outbox.c.partition == partition)
-            .order_by(t.outbox.c.seq)
-            .limit(limit)
-        )
-        rows = self._read(lambda c: c.execute(query).all())
-        return [
-            OutboxMessage(r.message_id, r.partition, r.entity_type, r.entity_id, r.msg)
-            for r in rows
-        ]
-
-    def forget_outbox(self, message_ids: Sequence[str]) -> None:
-        if message_ids:
-            with self._tx() as conn:
-                conn.execute(
-                    sa.delete(t.outbox).where(t.outbox.c.message_id.in_(list(message_ids)))
-                )
-
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        query = sa.select(t.dead_letters).order_by(t.dead_letters.c.id.desc()).limit(limit)
-        rows = self._read(lambda c: c.execute(query).all())
-        return [DeadLetter(r.queue, r.reason, r.raw, r.id, _aware(r.created_at)) for r in rows]
-
-    def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
-        query = sa.select(t.dead_letters).where(t.dead_letters.c.id == dead_letter_id)
-        r = self._read(lambda c: c.execute(query).first())
-        if r is None:
-            return None
-        return DeadLetter(r.queue, r.reason, r.raw, r.id, _aware(r.created_at))
-
-    def delete_dead_letter(self, dead_letter_id: int) -> bool:
-        with self._tx() as conn:
-            done = conn.execute(
-                sa.delete(t.dead_letters).where(t.dead_letters.c.id == dead_letter_id)
-            )
-        return bool(done.rowcount)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,75 @@
+"""What the SQL store's parts share: times, text, and the one boundary where driver
+errors become StoreError (and FenceError for a lost race)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from entities import clock
+from entities.errors import ConfigurationError, FenceError, StoreError
+
+T = TypeVar("T")
+
+#: Raised by drivers and JSON serializers, unwrapped, for values they cannot send
+#: (a lone surrogate in a str, a non-JSON object in a JSON column).
+DRIVER_DATA_ERRORS = (UnicodeError, TypeError, ValueError)
+
+
+def utcnow() -> dt.datetime:
+    """The current time, aware, in UTC (the runtime's clock, virtual under the test kit)."""
+    return clock.now()
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    # SQLite keeps a datetime's wall time and drops its offset: store every time in UTC.
+    return _aware(value).astimezone(dt.UTC)
+
+
+def _text(value: str) -> str:
+    # Postgres text cannot hold NUL; a dead letter keeps the rest of what arrived.
+    return value.replace("\x00", "\ufffd")
+
+
+class SQLTables:
+    """The engine, its dialect, and transactions whose driver errors are translated."""
+
+    engine: Engine
+    dialect: str
+    _insert: Any  # the dialect's insert(), with on_conflict_do_nothing/do_update
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (FenceError, ConfigurationError):
+            raise
+        except IntegrityError as exc:
+            raise FenceError(f"a concurrent writer got there first: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"state store error: {exc}") from exc
+        except DRIVER_DATA_ERRORS as exc:
+            raise StoreError(f"the state store cannot take this data: {exc}") from exc
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    # A single-statement read needs no transaction: autocommit saves the
+                    # ROLLBACK round trip a pooled connection otherwise pays on return.
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                return fn(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"state store error: {exc}") from exc
+        except DRIVER_DATA_ERRORS as exc:
+            raise StoreError(f"the state store cannot take this data: {exc}") from exc
