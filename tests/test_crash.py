@@ -23,7 +23,7 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(workers, store, redis_clien
     each counter replies exactly 1..150 with no duplicate, and commits exactly 150."""
     total = len(ENTITIES) * PER_ENTITY
     sent = increments(ENTITIES, PER_ENTITY * 2 // 3)
-    [first] = workers.start(1)
+    [first] = workers.start(1, wait=False)  # kill it while it works, not once it is idle
     eventually(lambda: processed_count(store) >= 300, timeout_s=60, interval_s=0.01)
     first.kill(signal.SIGKILL)
     killed_at = processed_count(store)
