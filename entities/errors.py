@@ -69,11 +69,16 @@ class StoreError(EntityError):
 
 
 class FenceError(StoreError):
-    """A commit was rejected by a version fence (stale entity) or an epoch fence (stale owner)."""
+    """A commit was rejected by a version fence (stale entity) or an epoch fence (stale owner).
 
-    def __init__(self, message: str, *, stale_epoch: bool = False) -> None:
+    ``duplicate``: the batch held a message whose id was already recorded as
+    processed (a redelivery or a resend); nothing of the batch was committed.
+    """
+
+    def __init__(self, message: str, *, stale_epoch: bool = False, duplicate: bool = False) -> None:
         super().__init__(message)
         self.stale_epoch = stale_epoch
+        self.duplicate = duplicate
 
 
 __all__ = [

@@ -45,6 +45,11 @@ def lookup(name: str) -> type[Entity]:
         ) from None
 
 
+def find(name: str) -> type[Entity] | None:
+    """The class registered under ``name``, or None."""
+    return _classes.get(name)
+
+
 def type_name(entity_type: str | type[Entity]) -> str:
     """The type name of a class or a name (a name need not be registered here)."""
     if isinstance(entity_type, str):

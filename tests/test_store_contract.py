@@ -105,21 +105,28 @@ class TestStoreContract:
         assert second == first + 1
         assert backend.partition_owners()[3] == (second, "worker-b")
 
-    def test_a_commit_with_a_stale_epoch_writes_nothing(self, backend: SQLStore) -> None:
-        """Given an owner whose partition was claimed again, then its commit is fenced off."""
+    @pytest.mark.parametrize("letters", [[], [DeadLetter("q", "r", "raw")]], ids=["fast", "full"])
+    def test_a_commit_with_a_stale_epoch_writes_nothing(
+        self, backend: SQLStore, letters: list[DeadLetter]
+    ) -> None:
+        """Given an owner whose partition was claimed again, then its commit is fenced off
+        (a batch of writes and records only takes Postgres's one-statement commit)."""
         old = backend.claim_partition(5, "old-owner")
         new = backend.claim_partition(5, "new-owner")
+        put(backend, "t", "b", 0, {"n": 1})
         batch = CommitBatch(
             5,
             old,
-            writes=[Write("t", "a", 0, 1, {"n": 1})],
+            writes=[Write("t", "a", 0, 1, {"n": 1}), Write("t", "b", 1, 1, {"n": 2})],
             processed=[processed("m1")],
-            dead_letters=[DeadLetter("q", "r", "raw")],
+            dead_letters=letters,
         )
         with pytest.raises(FenceError) as err:
             backend.commit(batch)
         assert err.value.stale_epoch is True
+        assert f"epoch {new}" in str(err.value)
         assert backend.load("t", "a") is None
+        assert backend.load("t", "b").state == {"n": 1}
         assert backend.processed(["m1"]) == {}
         assert backend.dead_letters() == []
         backend.commit(CommitBatch(5, new, writes=[Write("t", "a", 0, 1, {"n": 1})]))
@@ -187,10 +194,37 @@ class TestStoreContract:
         assert backend.pending_outbox(0) == []
         assert backend.dead_letters() == []
 
+    def test_a_stale_write_among_writes_and_records_commits_nothing(
+        self, backend: SQLStore
+    ) -> None:
+        """Given a batch of writes and records (Postgres: the one-statement commit) with one
+        stale update, then none of it is committed and the error is a version fence."""
+        put(backend, "t", "old", 0, {"n": 1})
+        put(backend, "t", "old", 1, {"n": 2})
+        put(backend, "t", "fresh", 0, {"n": 1})
+        batch = CommitBatch(
+            0,
+            backend.claim_partition(0, "owner"),
+            writes=[
+                Write("t", "new", 0, 1, {"n": 1}),
+                Write("t", "fresh", 1, 1, {"n": 2}),
+                Write("t", "old", 1, 1, {"n": 666}),  # stale: stored version is 2
+            ],
+            processed=[processed("m1", 1, "new"), processed("m2", 2, "fresh")],
+        )
+        with pytest.raises(FenceError) as err:
+            backend.commit(batch)
+        assert not (err.value.stale_epoch or err.value.duplicate)
+        assert backend.load("t", "new") is None
+        assert backend.load("t", "fresh").state == {"n": 1}
+        assert backend.load("t", "old").state == {"n": 2}
+        assert backend.processed(["m1", "m2"]) == {}
+
     def test_a_recorded_message_id_fences_the_whole_batch(self, backend: SQLStore) -> None:
-        """Given message m1 recorded, when a batch records m1 again, then nothing is written."""
+        """Given message m1 recorded, when a batch records m1 again, then nothing is written
+        and the error says the batch held a duplicate."""
         backend.commit(CommitBatch(0, None, processed=[processed("m1", 1)]))
-        with pytest.raises(FenceError):
+        with pytest.raises(FenceError) as err:
             backend.commit(
                 CommitBatch(
                     0,
@@ -199,6 +233,7 @@ class TestStoreContract:
                     processed=[processed("m1", 2)],
                 )
             )
+        assert err.value.duplicate is True
         assert backend.load("t", "b") is None
         assert backend.processed(["m1"])["m1"].reply == 1
 

@@ -14,20 +14,34 @@ oldest unacknowledged message.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import redis
 
 from entities.inspect import WORKERS_KEY
 from entities.redis_client import redis_from_url
-from entities.routing import inflight_key, lease_key, queue_name
+from entities.routing import (
+    held_set_key,
+    inflight_key,
+    lease_key,
+    paused_key,
+    queue_name,
+    resume_set_key,
+)
 
-__all__ = ["PartitionQueues", "redis_from_url"]
+__all__ = ["Fetched", "PartitionQueues", "redis_from_url"]
 
-# KEYS: queue, inflight, lease. ARGV: token, skip, n. Tops the in-flight list up
-# to skip + n from the queue and returns the n oldest entries after the ``skip``
-# oldest (those are applied but not yet acknowledged), newest first; nil if the
-# lease is not ours.
+# KEYS: queue, inflight, lease, paused, held set, resume set. ARGV: token, skip, n.
+# Nil if the lease is not ours. Else {messages, paused, holds}: ``holds`` counts the
+# partition's held and to-be-resumed entities (their names are read separately, only
+# when there are some). Unless the partition is paused, tops the in-flight list up to
+# skip + n from the queue and returns the n oldest entries after the ``skip`` oldest
+# (those are applied but not yet acknowledged), newest first.
 _FETCH = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return false end
+local holds = redis.call('SCARD', KEYS[5]) + redis.call('SCARD', KEYS[6])
+if redis.call('EXISTS', KEYS[4]) == 1 then return {{}, 1, holds} end
 local skip = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local have = redis.call('LLEN', KEYS[2])
@@ -35,14 +49,29 @@ while have < skip + n do
   if not redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') then break end
   have = have + 1
 end
-if have <= skip then return {} end
-return redis.call('LRANGE', KEYS[2], -(skip + n), -(skip + 1))
+if have <= skip then return {{}, 0, holds} end
+return {redis.call('LRANGE', KEYS[2], -(skip + n), -(skip + 1)), 0, holds}
 """
 
-# KEYS: inflight, lease. ARGV: token, n. Drops the n oldest in-flight entries.
-_ACK = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+# KEYS: inflight, lease, result keys... ARGV: token, n, ttl seconds (0: none),
+# payloads... Stores and publishes each reply unless one is stored already (the
+# first reply wins, as in Celery's own backend), then, only if the lease is still
+# ours, drops the n oldest in-flight entries. Returns n, or -1 if the lease is lost.
+# One script, so a reply that cannot be stored stops the acknowledgement after it.
+_SETTLE = """
+local ttl = tonumber(ARGV[3])
+for i = 3, #KEYS do
+  local ok
+  if ttl > 0 then
+    ok = redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl, 'NX')
+  else
+    ok = redis.call('SET', KEYS[i], ARGV[i + 1], 'NX')
+  end
+  if ok then redis.call('PUBLISH', KEYS[i], ARGV[i + 1]) end
+end
 local n = tonumber(ARGV[2])
+if n == 0 then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 redis.call('LTRIM', KEYS[1], 0, -n - 1)
 return n
 """
@@ -97,13 +126,35 @@ return 0
 """
 
 
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """What one fetch returned: messages (oldest first) and the partition's pause state."""
+
+    raws: list[bytes]
+    paused: bool = False
+    holds: bool = False  # some entity of the partition is held or to be resumed
+
+
+@dataclasses.dataclass(frozen=True)
+class Replies:
+    """Replies ready for the result backend: its keys and their payloads, in order."""
+
+    keys: Sequence[str | bytes]
+    payloads: Sequence[str | bytes]
+    ttl_s: int = 0
+
+
+NO_REPLIES = Replies((), ())
+
+
 class PartitionQueues:
     """The Redis operations on partition queues, leases and in-flight lists."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._fetch = client.register_script(_FETCH)
-        self._ack = client.register_script(_ACK)
+        self._settle = client.register_script(_SETTLE)
+        self._loaded = False  # the pipelined scripts are in the server's script cache
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._heartbeat = client.register_script(_HEARTBEAT)
@@ -143,20 +194,85 @@ class PartitionQueues:
     def fetch(self, partition: int, token: str, n: int, skip: int = 0) -> list[bytes] | None:
         """Up to ``n`` messages after the ``skip`` oldest unacknowledged ones, oldest first.
 
-        None if the lease is lost.
+        None if the lease is lost. Returns no message while the partition is paused.
         """
-        keys = [queue_name(partition), inflight_key(partition), lease_key(partition)]
-        raw = self._fetch(keys=keys, args=[token, skip, n])
-        if raw is None:
+        fetched = self.exchange(partition, token, n, skip)
+        return None if fetched is None else fetched.raws
+
+    def exchange(
+        self,
+        partition: int,
+        token: str,
+        n: int,
+        skip: int = 0,
+        *,
+        replies: Replies = NO_REPLIES,
+        ack: int = 0,
+        wait_s: float = 0.0,
+    ) -> Fetched | None:
+        """One round trip: settle, then wait, then fetch.
+
+        Stores ``replies`` and acknowledges the ``ack`` oldest in-flight messages
+        (see :meth:`settle`); then, if ``wait_s`` > 0, blocks until a message is
+        queued (moving it in flight) or ``wait_s`` passes; then fetches up to ``n``
+        messages after the ``skip`` oldest unacknowledged ones that remain. None if
+        the lease is lost.
+        """
+        self._load_scripts()
+        queue, inflight = queue_name(partition), inflight_key(partition)
+        settling = bool(ack or replies.keys)
+        with self.client.pipeline(transaction=False) as pipe:
+            if settling:
+                keys, args = self._settle_args(partition, token, replies, ack)
+                pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+            if wait_s > 0:
+                pipe.blmove(queue, inflight, wait_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
+            fetch_keys = (
+                queue,
+                inflight,
+                lease_key(partition),
+                paused_key(partition),
+                held_set_key(partition),
+                resume_set_key(partition),
+            )
+            pipe.evalsha(self._fetch.sha, len(fetch_keys), *fetch_keys, token, skip, n)
+            try:
+                results = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                self._loaded = False  # the server lost its script cache (a restart)
+                raise
+        if (settling and int(results[0]) < 0) or results[-1] is None:
             return None
-        return list(reversed(raw))
+        raws, paused, holds = results[-1]
+        return Fetched(list(reversed(raws)), bool(paused), bool(holds))
+
+    def settle(self, partition: int, token: str, replies: Replies, ack: int) -> bool:
+        """Stores ``replies`` (the first reply of a task id wins), then acknowledges the
+        ``ack`` oldest in-flight messages, in one script; False if the lease is lost."""
+        if not (ack or replies.keys):
+            return True
+        keys, args = self._settle_args(partition, token, replies, ack)
+        return int(self._settle(keys=keys, args=args)) >= 0
+
+    @staticmethod
+    def _settle_args(
+        partition: int, token: str, replies: Replies, ack: int
+    ) -> tuple[list[str | bytes], list[int | str | bytes]]:
+        keys = [inflight_key(partition), lease_key(partition), *replies.keys]
+        return keys, [token, ack, replies.ttl_s, *replies.payloads]
+
+    def _load_scripts(self) -> None:
+        # Pipelined EVALSHAs skip redis-py's per-pipeline SCRIPT EXISTS round trip, so
+        # the scripts are loaded once here; a NOSCRIPT reply fails the round trip (the
+        # runner retries from the oldest unacknowledged message) and loads them again.
+        if not self._loaded:
+            for script in (self._fetch, self._settle):
+                self.client.script_load(script.script)
+            self._loaded = True
 
     def ack(self, partition: int, token: str, n: int) -> bool:
         """Acknowledges the ``n`` oldest in-flight messages; False if the lease is lost."""
-        return (
-            int(self._ack(keys=[inflight_key(partition), lease_key(partition)], args=[token, n]))
-            >= 0
-        )
+        return self.settle(partition, token, NO_REPLIES, n)
 
     def forward(self, raws_by_partition: dict[int, list[bytes]]) -> None:
         """Appends messages, unchanged and in order, to other partitions' queues."""
@@ -165,16 +281,6 @@ class PartitionQueues:
                 for raw in raws:
                     pipe.lpush(queue_name(partition), raw)
             pipe.execute()
-
-    def wait(self, partition: int, timeout_s: float) -> None:
-        """Blocks until a message arrives (moving it in flight) or ``timeout_s`` passes."""
-        self.client.blmove(
-            queue_name(partition),
-            inflight_key(partition),
-            timeout_s,  # type: ignore[arg-type]  # redis-py takes float seconds; typed as int
-            "RIGHT",
-            "LEFT",
-        )
 
     def depth(self, partition: int) -> tuple[int, int]:
         """(queued, in flight) message counts of a partition."""

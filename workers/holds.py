@@ -1,8 +1,8 @@
 """The owner's side of pause and resume (see :mod:`entities.control`).
 
-Every step the runner reads its partition's control state (at most every
-``REFRESH_S``): whether the partition is paused, which entities are paused,
-and which of those should be resumed. Messages of paused entities are held
+Every fetch tells the runner whether its partition is paused and whether any
+of its entities is paused or to be resumed; only then are their names read
+(at most every ``REFRESH_S``). Messages of paused entities are held
 with one script that appends them to the entity's held list unless already
 there (a redelivered batch holds nothing twice). Resuming happens only
 between batches, when every in-flight message is unprocessed: one script puts
@@ -83,6 +83,14 @@ class Holds:
         self.control = Control()
         self._hold = client.register_script(_HOLD)
         self._resume = client.register_script(_RESUME)
+
+    def observe(self, paused: bool, holds: bool) -> Control:
+        """The control state, given what the last fetch saw of it."""
+        if not holds:
+            self.control = Control(paused)  # read_at 0: names are read as soon as some appear
+        elif self.refresh().paused != paused:
+            self.control = dataclasses.replace(self.control, paused=paused)
+        return self.control
 
     def refresh(self, force: bool = False) -> Control:
         """The control state, re-read if older than REFRESH_S (or ``force``)."""

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from entities import telemetry
+from entities import registry, telemetry
 from entities.errors import BadMessage, FenceError, StoreError
 from entities.messages import Envelope, parse_envelope
 from entities.routing import partition_for, queue_name
@@ -123,16 +123,27 @@ class Processor:
         Raises FenceError(stale_epoch=True) if this owner lost the partition,
         StoreError on infrastructure failure; in both cases nothing was
         committed and memory is dropped, so the caller must re-fetch from the
-        oldest unacknowledged message.
+        oldest unacknowledged message. So it does for a FenceError while
+        changes of earlier batches were waiting for a flush: they are dropped too.
         """
         envelopes = [parse_envelope(r, self.settings.max_message_bytes) for r in raws]
+        had_deferred = self.dirty
+        # A strict batch skips the read of processed-message records: a message
+        # already recorded fails its commit (nothing of the batch is committed),
+        # and the batch is applied again, reading the records first.
+        read_records = self._reads_records(envelopes)
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                return self._process_once(envelopes, epoch, held)
+                return self._process_once(envelopes, epoch, held, read_records)
             except FenceError as exc:
                 self.reset()
-                if exc.stale_epoch:
+                if exc.stale_epoch or had_deferred:
                     raise
+                if exc.duplicate and not read_records:
+                    read_records = True
+                    log.info("partition %s: %s; applying the batch again", self.partition, exc)
+                    continue
+                read_records = True
                 self.conflicts += 1
                 telemetry.emit("entity.conflict", partition=self.partition, error=str(exc))
                 log.warning("partition %s: version conflict, reloading: %s", self.partition, exc)
@@ -140,6 +151,18 @@ class Processor:
                 self.reset()
                 raise
         raise StoreError(f"partition {self.partition}: version conflicts persisted; will retry")
+
+    @staticmethod
+    def _reads_records(envelopes: list[Envelope]) -> bool:
+        """True if a message of the batch may be deferred (its entity's durability is not
+        strict): a deferred message must be known as a duplicate before it is applied."""
+        for env in envelopes:
+            if env.error is not None or env.bad is not None or env.durability == "strict":
+                continue
+            cls = registry.find(env.entity_type)
+            if cls is not None and cls.__entity_options__.durability != "strict":
+                return True
+        return False
 
     def flush(self, epoch: int | None) -> list[OutboxMessage]:
         """Commits every dirty entity and deferred effect; returns the outbox to publish.
@@ -193,7 +216,7 @@ class Processor:
                     )
 
     def _process_once(
-        self, envelopes: list[Envelope], epoch: int | None, held: frozenset[Key]
+        self, envelopes: list[Envelope], epoch: int | None, held: frozenset[Key], read_records: bool
     ) -> BatchResult:
         holding: dict[Key, list[bytes]] = {}
         misrouted: dict[int, list[bytes]] = {}
@@ -211,7 +234,7 @@ class Processor:
                 kept.append(env)
         envelopes = kept
         ids = [e.task_id for e in envelopes if e.task_id and e.error is None]
-        done = self.store.processed(ids)
+        done = self.store.processed(ids) if read_records else {}
         self.applier.prefetch(envelopes)
         outcomes: list[Outcome] = []
         first: dict[str, Outcome] = dict(self.deferred.replies)

@@ -1,8 +1,12 @@
 """The loop that serves one owned partition: fetch, apply, commit, reply, acknowledge.
 
 The order of one iteration is the guarantee: commit, then replies, then the
-acknowledgement. Messages of relaxed entities (``interval``, ``on_stop``) are
-replied to before their commit, but their acknowledgement (and that of every
+acknowledgement. A batch's replies and acknowledgement go out in one script at
+the start of the next iteration, in the same Redis round trip as the wait for,
+and the fetch of, the next messages.
+
+Messages of relaxed entities (``interval``, ``on_stop``) are replied to before
+their commit, but their acknowledgement (and that of every
 later message, since acknowledgement is positional) waits for the flush that
 commits them. A failure before the acknowledgement leaves the messages in
 flight; they are fetched again from the oldest and the processed-message
@@ -24,7 +28,7 @@ from entities.errors import BadMessage, FenceError, StoreError
 from entities.messages import parse_envelope
 from entities.routing import queue_name
 from entities.store import CommitBatch, DeadLetter, OutboxMessage
-from workers.broker import PartitionQueues
+from workers.broker import NO_REPLIES, Fetched, PartitionQueues, Replies
 from workers.holds import Holds
 from workers.processor import Outcome, Processor
 from workers.replies import ReplyWriter
@@ -85,6 +89,10 @@ class PartitionRunner(threading.Thread):
         self._fetch_size = batch_size
         self._current: list[bytes] = []
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        self._unsent: list[Outcome] = []  # replies of applied batches, not yet stored
+        self._drained = False  # the last fetch emptied the queue: the next one may wait
+        # Replies ride with the acknowledgement when the backend is the broker's database.
+        self._replies_ride = replies.rides_on(queues.client)
 
     def stop(self) -> None:
         """Asks the loop to finish its current batch, flush, and exit."""
@@ -143,29 +151,27 @@ class PartitionRunner(threading.Thread):
         self._timers()
         if self._outbox_backlog:
             self._publish_backlog()
-        control = self.holds.refresh()
+        fetched = self._exchange()
+        if fetched is None:
+            return False
+        control = self.holds.observe(fetched.paused, fetched.holds)
         if control.resume:
             self._flush()  # resuming needs every in-flight message unprocessed
-            if not self.holds.resume(self.token):
-                return False
-            control = self.holds.control
+            self._drained = False
+            return self.holds.resume(self.token)
         if control.paused:
+            self._drained = False  # no blocking wait: it would move a message in flight
             self._stopping.wait(WAIT_S / 2)
-            self.holds.refresh(force=True)
             return True
-        raws = self.queues.fetch(self.partition, self.token, self._fetch_size, self.pending)
-        if raws is None:
-            return False
+        raws = fetched.raws
+        self._drained = len(raws) < self._fetch_size
         if not raws:
-            due = self.processor.flush_in()
-            wait = WAIT_S if due is None else max(0.001, min(WAIT_S, due))
-            self.queues.wait(self.partition, wait)
             return True
         started, started_at = time.perf_counter(), time.time()
         self._current = raws
         result = self.processor.process(raws, self.epoch, control.held)
         self._strikes = 0
-        self.replies.write(result.outcomes)
+        self._unsent.extend(result.outcomes)
         self._publish(result.outbox)
         if result.held:
             self.holds.hold(result.held)
@@ -181,11 +187,41 @@ class PartitionRunner(threading.Thread):
             raws=raws,
             outcomes=result.outcomes,
         )
-        if not self.processor.dirty:
-            return self._ack()
-        if self.pending >= self.processor.settings.max_unacked:
+        if self.processor.dirty and self.pending >= self.processor.settings.max_unacked:
             self._flush()
         return True
+
+    def _exchange(self) -> Fetched | None:
+        """Stores the unsent replies, acknowledges what is committed, waits if the queue
+        was empty, and fetches the next messages: one Redis round trip."""
+        replies = self._take_replies()
+        ack = 0 if self.processor.dirty else self.pending
+        wait = 0.0
+        if self._drained:
+            due = self.processor.flush_in()
+            wait = WAIT_S if due is None else max(0.001, min(WAIT_S, due))
+        fetched = self.queues.exchange(
+            self.partition,
+            self.token,
+            self._fetch_size,
+            self.pending - ack,
+            replies=replies,
+            ack=ack,
+            wait_s=wait,
+        )
+        if fetched is not None:
+            self.pending -= ack
+        return fetched
+
+    def _take_replies(self) -> Replies:
+        """The unsent replies to send through the broker's client (others are sent here)."""
+        outcomes, self._unsent = self._unsent, []
+        if not outcomes:
+            return NO_REPLIES
+        if self._replies_ride:
+            return self.replies.prepare(outcomes)
+        self.replies.write(outcomes)
+        return NO_REPLIES
 
     def _timers(self) -> None:
         due = self.processor.flush_in()
@@ -204,9 +240,9 @@ class PartitionRunner(threading.Thread):
         self._ack()
 
     def _ack(self) -> bool:
-        if self.pending == 0:
-            return True
-        if not self.queues.ack(self.partition, self.token, self.pending):
+        """Stores the unsent replies, then acknowledges every pending message."""
+        replies = self._take_replies()
+        if not self.queues.settle(self.partition, self.token, replies, self.pending):
             raise LeaseLost(self.partition)
         self.pending = 0
         return True
@@ -266,8 +302,12 @@ class PartitionRunner(threading.Thread):
         telemetry.emit("message.dead_lettered", queue=queue_name(self.partition), reason=reason)
 
     def _recover(self, backoff: float, exc: BaseException) -> float:
+        # Every message not acknowledged is fetched again, from the oldest; those
+        # already committed are recognised by their records and replied to again.
         self.processor.reset()
         self.pending = 0
+        self._unsent = []
+        self._drained = False
         log.warning("partition %s: %s; retrying in %.2fs", self.partition, exc, backoff)
         self._stopping.wait(backoff * (0.5 + random.random()))
         return min(backoff * 2, BACKOFF_MAX_S)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 #: The Alembic revision this code expects; `entities migrate` brings a database to it.
-HEAD_REVISION = "0002_binary_id_order"
+HEAD_REVISION = "0003_commit_fences"
 
 metadata = sa.MetaData()
 

@@ -21,9 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from entities.errors import ConfigurationError, FenceError, SchemaError, StoreError
 from entities.store import schema as t
+from entities.store import sql_commit
 from entities.store.base import (
     CommitBatch,
     Key,
@@ -240,6 +242,9 @@ class SQLStore(AlarmTables, LetterTables, Store):
         if not batch:
             return
         now = utcnow()
+        if self.dialect == "postgresql" and sql_commit.takes(batch):
+            sql_commit.commit(self.engine, batch, now)
+            return
         with self._tx() as conn:
             if batch.epoch is not None:
                 self._check_epoch(conn, batch.partition, batch.epoch)
@@ -320,21 +325,26 @@ class SQLStore(AlarmTables, LetterTables, Store):
         the hundreds of rows of a batch; its driver errors are translated here.
         """
         if self.dialect != "postgresql":
-            conn.execute(
-                sa.insert(t.processed),
-                [
-                    {
-                        "message_id": p.message_id,
-                        "entity_type": p.entity_type,
-                        "entity_id": p.entity_id,
-                        "partition": p.partition,
-                        "ok": p.ok,
-                        "reply": p.reply,
-                        "processed_at": now,
-                    }
-                    for p in processed
-                ],
-            )
+            try:
+                conn.execute(
+                    sa.insert(t.processed),
+                    [
+                        {
+                            "message_id": p.message_id,
+                            "entity_type": p.entity_type,
+                            "entity_id": p.entity_id,
+                            "partition": p.partition,
+                            "ok": p.ok,
+                            "reply": p.reply,
+                            "processed_at": now,
+                        }
+                        for p in processed
+                    ],
+                )
+            except IntegrityError as exc:
+                raise FenceError(
+                    f"a message of this batch was already recorded: {exc.orig}", duplicate=True
+                ) from exc
             return
         import psycopg
 
@@ -360,7 +370,9 @@ class SQLStore(AlarmTables, LetterTables, Store):
                         )
                     )
         except psycopg.errors.UniqueViolation as exc:
-            raise FenceError(f"a message of this batch was already recorded: {exc}") from exc
+            raise FenceError(
+                f"a message of this batch was already recorded: {exc}", duplicate=True
+            ) from exc
         except psycopg.Error as exc:
             raise StoreError(f"state store error: {exc}") from exc
 

@@ -1,0 +1,176 @@
+"""A worker's fenced commit as one Postgres statement: one round trip, one transaction.
+
+The usual batch (the epoch fence, new and updated snapshots, the
+processed-message records) is one statement of data-modifying CTEs, run in
+autocommit so it is its own transaction: no BEGIN, no COMMIT, no check
+between statements. The checks run in the server and abort the statement, so
+nothing of the batch is committed when one fails; the caller learns which from
+the error:
+
+- ``entities_fence_epoch`` (migration 0003) takes the partition row FOR SHARE,
+  so a claim by another worker waits for this commit and this commit waits for
+  a claim in progress, and raises SQLSTATE EN001 unless the partition is still
+  at the batch's epoch;
+- ``entities_fence_rows`` raises EN002 unless every update found the version it
+  was written against;
+- a new entity that exists already violates the snapshots' primary key, and a
+  message id already recorded violates the processed records' one (a duplicate).
+
+Batches with deletions, alarms, outbox messages or dead letters take the
+general path in :mod:`entities.store.sql`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from entities.errors import FenceError, StoreError
+from entities.store.base import CommitBatch
+from entities.store.sql_support import DRIVER_DATA_ERRORS
+
+if TYPE_CHECKING:
+    import psycopg
+
+#: SQLSTATEs raised by the fence functions of migration 0003.
+STALE_EPOCH, STALE_VERSION = "EN001", "EN002"
+
+#: One fixed statement for every batch (prepared once per connection by psycopg).
+#: The batch travels as one JSON document: one parameter to adapt, whatever its size.
+_COMMIT = """
+WITH batch AS (
+    SELECT CAST(%(batch)s AS JSONB) AS doc
+), created AS (
+    INSERT INTO entity_snapshots (entity_type, entity_id, version, vsn, state, updated_at)
+    SELECT n.t, n.i, 1, n.v, n.s, %(now)s::timestamptz
+    FROM batch, jsonb_to_recordset(batch.doc->'new') AS n(t text, i text, v int, s jsonb)
+    RETURNING 1
+), updated AS (
+    UPDATE entity_snapshots AS s
+    SET version = u.e + 1, vsn = u.v, state = u.s, updated_at = %(now)s::timestamptz
+    FROM batch, jsonb_to_recordset(batch.doc->'old') AS u(t text, i text, e bigint, v int, s jsonb)
+    WHERE s.entity_type = u.t AND s.entity_id = u.i AND s.version = u.e
+    RETURNING 1
+), recorded AS (
+    INSERT INTO entity_processed
+        (message_id, entity_type, entity_id, partition, ok, reply, processed_at)
+    SELECT p.m, p.t, p.i, p.p, p.ok, p.r, %(now)s::timestamptz
+    FROM batch, jsonb_to_recordset(batch.doc->'processed')
+        AS p(m text, t text, i text, p int, ok bool, r jsonb)
+    RETURNING 1
+)
+SELECT
+    entities_fence_epoch(%(partition)s::int, %(epoch)s::bigint),
+    entities_fence_rows((SELECT count(*) FROM updated), %(updates)s::bigint),
+    (SELECT count(*) FROM created),
+    (SELECT count(*) FROM recorded)
+"""
+
+
+def takes(batch: CommitBatch) -> bool:
+    """True if ``batch`` is one this commit takes (see the module's docstring)."""
+    return not (
+        batch.alarms
+        or batch.alarm_outcomes
+        or batch.outbox
+        or batch.dead_letters
+        or any(w.state is None for w in batch.writes)
+    )
+
+
+def commit(engine: Engine, batch: CommitBatch, now: dt.datetime) -> None:
+    """Commits ``batch`` (one :func:`takes`) in one statement.
+
+    Raises FenceError (stale epoch, stale version, or ``duplicate``) or
+    StoreError; in both cases nothing of the batch was committed.
+    """
+    import psycopg
+
+    params = _params(batch, now)
+    try:
+        proxy = engine.raw_connection()
+    except (SQLAlchemyError, psycopg.Error) as exc:  # no connection to be had
+        raise StoreError(f"state store error: {exc}") from exc
+    pg: psycopg.Connection[Any] = proxy.driver_connection  # type: ignore[assignment]
+    try:
+        pg.autocommit = True  # the statement is its own transaction
+        pg.execute(_COMMIT, params)
+    except psycopg.Error as exc:
+        if isinstance(exc, psycopg.OperationalError) or pg.closed:
+            proxy.invalidate(exc)  # the connection may be broken: the pool drops it
+        raise _translate(exc) from exc
+    finally:
+        try:
+            if not pg.closed:
+                pg.autocommit = False  # as the pool's other users expect it
+        except psycopg.Error as exc:
+            proxy.invalidate(exc)
+        proxy.close()
+
+
+def _params(batch: CommitBatch, now: dt.datetime) -> dict[str, Any]:
+    new = [w for w in batch.writes if w.expected_version == 0]
+    old = [w for w in batch.writes if w.expected_version > 0]
+    doc = {
+        "new": [{"t": w.entity_type, "i": w.entity_id, "v": w.vsn, "s": w.state} for w in new],
+        "old": [
+            {
+                "t": w.entity_type,
+                "i": w.entity_id,
+                "e": w.expected_version,
+                "v": w.vsn,
+                "s": w.state,
+            }
+            for w in old
+        ],
+        "processed": [
+            {
+                "m": p.message_id,
+                "t": p.entity_type,
+                "i": p.entity_id,
+                "p": p.partition,
+                "ok": p.ok,
+                "r": p.reply,
+            }
+            for p in batch.processed
+        ],
+    }
+    try:
+        text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    except DRIVER_DATA_ERRORS as exc:
+        raise StoreError(f"the state store cannot take this data: {exc}") from exc
+    return {
+        "batch": text,
+        "now": now,
+        "partition": batch.partition,
+        "epoch": batch.epoch,
+        "updates": len(old),
+    }
+
+
+def _translate(exc: psycopg.Error) -> StoreError:
+    import psycopg
+
+    state = exc.sqlstate
+    detail = exc.diag.message_primary or str(exc)
+    if state == STALE_EPOCH:
+        return FenceError(detail, stale_epoch=True)
+    if state == STALE_VERSION:
+        return FenceError(detail)
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        if exc.diag.table_name == "entity_processed":
+            return FenceError(
+                f"a message of this batch was already recorded: {detail}", duplicate=True
+            )
+        return FenceError(f"new entities of this batch were created concurrently: {detail}")
+    if isinstance(exc, psycopg.errors.UndefinedFunction):
+        return StoreError(
+            f"state store error: {detail}; run `entities migrate` to bring the database up to date"
+        )
+    if isinstance(exc, DRIVER_DATA_ERRORS):
+        return StoreError(f"the state store cannot take this data: {exc}")
+    return StoreError(f"state store error: {exc}")
