@@ -13,7 +13,7 @@ from entities.model import Delay, _check_alarm_name, fire_time
 from entities.routing import TASK_NAME
 from entities.settings import get_settings
 from entities.store import Alarm, AlarmChange, Snapshot, SQLStore, Store
-from entities.transport import client_app
+from entities.transport import client_app, send_direct
 
 if TYPE_CHECKING:
     from entities.model import Entity
@@ -75,7 +75,12 @@ def send(
     args: list[Any] = [name, entity_id, msg]
     if durability is not None:
         args.append(durability)
-    return client_app().send_task(TASK_NAME, args=args, **options)
+    app = client_app()
+    task_id = options.pop("task_id", None)
+    sent = send_direct(app, args, task_id, options)
+    if sent is not None:
+        return sent
+    return app.send_task(TASK_NAME, args=args, task_id=task_id, **options)
 
 
 def delete(entity_type: str | type[Entity], entity_id: str, timeout: float = 10) -> None:

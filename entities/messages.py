@@ -112,13 +112,19 @@ _LONG_DIGITS = re.compile(rb"[0-9]{19,}")
 _LONG_DIGITS_TEXT = re.compile(r"[0-9]{19,}")
 
 
-def _loads(data: bytes | str) -> Any:
+def _loads(data: bytes | str, exact: bool = True) -> Any:
     """JSON in, fast (orjson) for what it reads exactly; the standard library for the rest.
 
     orjson refuses a few things json accepts (NaN, huge exponents) and reads
     integers beyond 64 bits as floats, so a message using them goes to the
-    standard library and parses exactly as before.
+    standard library and parses exactly as before. ``exact=False`` (the kombu
+    envelope, whose numbers are never used) skips the search for long integers.
     """
+    if not exact:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return json.loads(data)
     if isinstance(data, str):
         exact = _LONG_DIGITS_TEXT.search(data) is None
     else:
@@ -140,7 +146,7 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
     # Parsed even when too large, so the caller still gets a reply naming the limit.
     too_large = len(raw) > max_bytes * 2  # base64 and the envelope inflate the body
     try:
-        outer = _loads(raw)
+        outer = _loads(raw, exact=False)  # only its strings are read
         headers = outer["headers"]
         props = outer.get("properties") or {}
         ctype = outer.get("content-type")

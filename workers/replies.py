@@ -11,6 +11,7 @@ any other backend gets ``store_result`` per reply.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,6 +57,8 @@ class ReplyWriter:
         # (Backend._get_result_meta), built once per batch here instead of
         # through the app's configuration lookups for every reply.
         date_done = datetime.datetime.now(datetime.UTC).isoformat()
+        prefix = _text(backend.task_keyprefix)
+        plain_json = backend.serializer == "json"
         keys, payloads = [], []
         for o in items:
             meta = {
@@ -66,8 +69,8 @@ class ReplyWriter:
                 "date_done": date_done,
                 "task_id": o.task_id,
             }
-            keys.append(backend.get_key_for_task(o.task_id))
-            payloads.append(backend.encode(meta))
+            keys.append(prefix + o.task_id)  # Backend.get_key_for_task
+            payloads.append(_encode(backend, meta, plain_json))
         return Replies(keys, payloads, int(expires) if expires else 0)
 
     def write(self, outcomes: Iterable[Outcome]) -> None:
@@ -81,6 +84,21 @@ class ReplyWriter:
         replies = self.prepare(outcomes)
         if replies.keys:
             self._queues.settle(0, "", replies, ack=0)  # stores replies; acknowledges nothing
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _encode(backend: Any, meta: dict[str, Any], plain_json: bool) -> str | bytes:
+    """Backend.encode(meta): kombu's JSON, which is the standard library's for values that
+    are plain JSON (a reply of another type takes kombu's encoder, which tags it)."""
+    if plain_json:
+        try:
+            return json.dumps(meta)
+        except (TypeError, ValueError):
+            pass
+    return backend.encode(meta)  # type: ignore[no-any-return]
 
 
 def _is_redis(backend: Any) -> bool:

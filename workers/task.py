@@ -11,14 +11,41 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
 from celery.exceptions import Ignore
 
 from entities.messages import validate_message
 from entities.routing import TASK_NAME
+from entities.transport import send_direct
 from workers.app import app
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+class EntityTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
+    """send_to_entity's class: a plain call is published straight to its partition."""
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: Any = None,
+        **options: Any,
+    ) -> Any:
+        if kwargs and set(kwargs) == {"durability"} and args and len(args) == 3:
+            args, kwargs = [*args, kwargs["durability"]], None
+        if not (kwargs or producer or link or link_error or shadow):
+            sent = send_direct(self._get_app(), args, task_id, options, self.AsyncResult)
+            if sent is not None:
+                return sent
+        return super().apply_async(
+            args, kwargs, task_id, producer, link, link_error, shadow, **options
+        )
+
+
+@app.task(name=TASK_NAME, bind=True, acks_late=True, base=EntityTask)  # type: ignore[untyped-decorator]
 def send_to_entity(
     self: Any,
     entity_type: str,
