@@ -172,6 +172,15 @@ class PartitionQueues:
         """Takes the partition's lease if nobody holds it."""
         return bool(self.client.set(lease_key(partition), token, nx=True, px=ttl_ms))
 
+    def acquire_many(self, tokens: dict[int, str], ttl_ms: int) -> list[int]:
+        """Takes, in one round trip, each free lease of ``tokens`` (partition: token);
+        returns the partitions taken."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for partition, token in tokens.items():
+                pipe.set(lease_key(partition), token, nx=True, px=ttl_ms)
+            results = pipe.execute()
+        return [p for p, ok in zip(tokens, results, strict=True) if ok]
+
     def renew(self, tokens: dict[int, str], ttl_ms: int) -> dict[int, bool]:
         """Extends the leases still held; returns which partitions are still ours."""
         if not tokens:

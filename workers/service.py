@@ -327,26 +327,35 @@ class PartitionService:
         free = [p for p, h in holders.items() if h is None and p not in busy]
         # Start at a worker-specific offset so simultaneous starters spread out.
         offset = zlib.crc32(self.worker_id.encode()) % max(1, len(free))
-        for partition in free[offset:] + free[:offset]:
-            if len(active) >= share or self._stopping.is_set():
-                break
-            if self._claim(partition):
-                active.append(partition)
+        wanted = (free[offset:] + free[:offset])[: share - len(active)]
+        if wanted and not self._stopping.is_set():
+            self._claim(wanted)
 
-    def _claim(self, partition: int) -> bool:
-        token = lease_token(self.worker_id, partition, next(self._claims))
-        if not self.queues.acquire(partition, token, self.ttl_ms):
-            return False
+    def _claim(self, partitions: list[int]) -> list[int]:
+        """Takes the leases it can of ``partitions``, records them as new epochs in one
+        transaction, and starts a runner for each; returns the partitions taken."""
+        tokens = {p: lease_token(self.worker_id, p, next(self._claims)) for p in partitions}
+        taken = self.queues.acquire_many(tokens, self.ttl_ms)
+        if not taken:
+            return []
         with self._lock:
-            self._claiming[partition] = token  # renewed by the heartbeat from now on
+            for p in taken:
+                self._claiming[p] = tokens[p]  # renewed by the heartbeat from now on
         try:
-            # Waits for (and then fences) every commit of the previous owner.
-            epoch = self.store.claim_partition(partition, self.worker_id)
+            # Waits for (and then fences) every commit of the previous owners.
+            epochs = self.store.claim_partitions(taken, self.worker_id)
         except Exception:
             with self._lock:
-                self._claiming.pop(partition, None)
-            self.queues.release(partition, token)
+                for p in taken:
+                    self._claiming.pop(p, None)
+            for p in taken:
+                self.queues.release(p, tokens[p])
             raise
+        for partition in taken:
+            self._start_runner(partition, tokens[partition], epochs[partition])
+        return taken
+
+    def _start_runner(self, partition: int, token: str, epoch: int) -> None:
         processor = self.processors.get(partition)
         if processor is None:
             processor = Processor(partition, self.store, self.settings, self._resident_share)
@@ -369,7 +378,6 @@ class PartitionService:
         self.counters.claims += 1
         runner.start()
         log.info("partition %s: owned at epoch %s", partition, epoch)
-        return True
 
     def _resident_share(self) -> int:
         """Each owned partition's share of the worker's resident-entity bound."""

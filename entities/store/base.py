@@ -179,6 +179,11 @@ class Store(abc.ABC):
         After this commits, no commit fenced with an older epoch succeeds.
         """
 
+    def claim_partitions(self, partitions: Sequence[int], owner: str) -> dict[int, int]:
+        """:meth:`claim_partition` for several partitions (one transaction where the store
+        can); returns each one's new epoch."""
+        return {p: self.claim_partition(p, owner) for p in partitions}
+
     @abc.abstractmethod
     def partition_owners(self) -> dict[int, tuple[int, str | None]]:
         """The recorded (epoch, owner) of every partition."""

@@ -154,16 +154,26 @@ class SQLStore(AlarmTables, LetterTables, Store):
             )
 
     def claim_partition(self, partition: int, owner: str) -> int:
+        return self.claim_partitions([partition], owner)[partition]
+
+    def claim_partitions(self, partitions: Sequence[int], owner: str) -> dict[int, int]:
+        wanted = sorted(set(partitions))  # held leases: no other worker claims these now
+        if not wanted:
+            return {}
         with self._tx() as conn:
-            epoch = conn.execute(
+            rows = conn.execute(
                 sa.update(t.partitions)
-                .where(t.partitions.c.partition == partition)
+                .where(t.partitions.c.partition.in_(wanted))
                 .values(epoch=t.partitions.c.epoch + 1, owner=owner, claimed_at=utcnow())
-                .returning(t.partitions.c.epoch)
-            ).scalar()
-        if epoch is None:
-            raise ConfigurationError(f"partition {partition} is not recorded; run a worker setup")
-        return int(epoch)
+                .returning(t.partitions.c.partition, t.partitions.c.epoch)
+            ).all()
+            epochs = {int(r.partition): int(r.epoch) for r in rows}
+            missing = [p for p in wanted if p not in epochs]
+            if missing:  # rolls the claims back: nothing is half claimed
+                raise ConfigurationError(
+                    f"partition {missing[0]} is not recorded; run a worker setup"
+                )
+        return epochs
 
     def partition_owners(self) -> dict[int, tuple[int, str | None]]:
         rows = self._read(
