@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -30,7 +31,7 @@ from entities.routing import (
     resume_set_key,
 )
 
-__all__ = ["Fetched", "PartitionQueues", "redis_from_url"]
+__all__ = ["Fetched", "Lane", "PartitionQueues", "redis_from_url"]
 
 # KEYS: queue, inflight, lease, paused, held set, resume set. ARGV: token, skip, n.
 # Nil if the lease is not ours. Else {messages, paused, holds}: ``holds`` counts the
@@ -205,55 +206,16 @@ class PartitionQueues:
 
         None if the lease is lost. Returns no message while the partition is paused.
         """
-        fetched = self.exchange(partition, token, n, skip)
+        lane = self.lane(partition, token)
+        try:
+            fetched = lane.exchange(n, skip)
+        finally:
+            lane.close()
         return None if fetched is None else fetched.raws
 
-    def exchange(
-        self,
-        partition: int,
-        token: str,
-        n: int,
-        skip: int = 0,
-        *,
-        replies: Replies = NO_REPLIES,
-        ack: int = 0,
-        wait_s: float = 0.0,
-    ) -> Fetched | None:
-        """One round trip: settle, then wait, then fetch.
-
-        Stores ``replies`` and acknowledges the ``ack`` oldest in-flight messages
-        (see :meth:`settle`); then, if ``wait_s`` > 0, blocks until a message is
-        queued (moving it in flight) or ``wait_s`` passes; then fetches up to ``n``
-        messages after the ``skip`` oldest unacknowledged ones that remain. None if
-        the lease is lost.
-        """
-        self._load_scripts()
-        queue, inflight = queue_name(partition), inflight_key(partition)
-        settling = bool(ack or replies.keys)
-        with self.client.pipeline(transaction=False) as pipe:
-            if settling:
-                keys, args = self._settle_args(partition, token, replies, ack)
-                pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
-            if wait_s > 0:
-                pipe.blmove(queue, inflight, wait_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
-            fetch_keys = (
-                queue,
-                inflight,
-                lease_key(partition),
-                paused_key(partition),
-                held_set_key(partition),
-                resume_set_key(partition),
-            )
-            pipe.evalsha(self._fetch.sha, len(fetch_keys), *fetch_keys, token, skip, n)
-            try:
-                results = pipe.execute()
-            except redis.exceptions.NoScriptError:
-                self._loaded = False  # the server lost its script cache (a restart)
-                raise
-        if (settling and int(results[0]) < 0) or results[-1] is None:
-            return None
-        raws, paused, holds = results[-1]
-        return Fetched(list(reversed(raws)), bool(paused), bool(holds))
+    def lane(self, partition: int, token: str) -> Lane:
+        """A runner's own connection for its partition's exchanges (see :class:`Lane`)."""
+        return Lane(self, partition, token)
 
     def settle(self, partition: int, token: str, replies: Replies, ack: int) -> bool:
         """Stores ``replies`` (the first reply of a task id wins), then acknowledges the
@@ -269,6 +231,23 @@ class PartitionQueues:
     ) -> tuple[list[str | bytes], list[int | str | bytes]]:
         keys = [inflight_key(partition), lease_key(partition), *replies.keys]
         return keys, [token, ack, replies.ttl_s, *replies.payloads]
+
+    def _fetch_command(self, partition: int, token: str, n: int, skip: int) -> tuple[Any, ...]:
+        keys = (
+            queue_name(partition),
+            inflight_key(partition),
+            lease_key(partition),
+            paused_key(partition),
+            held_set_key(partition),
+            resume_set_key(partition),
+        )
+        return ("EVALSHA", self._fetch.sha, len(keys), *keys, token, skip, n)
+
+    def _settle_command(
+        self, partition: int, token: str, replies: Replies, ack: int
+    ) -> tuple[Any, ...]:
+        keys, args = self._settle_args(partition, token, replies, ack)
+        return ("EVALSHA", self._settle.sha, len(keys), *keys, *args)
 
     def _load_scripts(self) -> None:
         # Pipelined EVALSHAs skip redis-py's per-pipeline SCRIPT EXISTS round trip, so
@@ -298,3 +277,128 @@ class PartitionQueues:
             pipe.llen(inflight_key(partition))
             queued, inflight = pipe.execute()
         return int(queued), int(inflight)
+
+
+class Lane:
+    """One runner's own Redis connection: each exchange is one round trip.
+
+    An exchange settles what the runner has committed (its replies and the
+    acknowledgement), waits for a message if the queue was empty, and fetches
+    the next batch. When it need not wait, the fetch goes first and the settle
+    after it, and the settle's reply is read with the next exchange's: the
+    runner applies the next batch while Redis stores the last one's replies.
+    Both run in order on this one connection, so the fetch skips exactly the
+    messages that settle acknowledges.
+    """
+
+    def __init__(self, queues: PartitionQueues, partition: int, token: str) -> None:
+        self.queues = queues
+        self.partition = partition
+        self.token = token
+        self._conn: Any = None
+        self._settle_unread = False  # the last exchange's settle has not been read yet
+
+    def exchange(
+        self,
+        n: int,
+        pending: int,
+        *,
+        replies: Replies = NO_REPLIES,
+        ack: int = 0,
+        wait_s: float = 0.0,
+    ) -> Fetched | None:
+        """Stores ``replies``, acknowledges the ``ack`` oldest of the ``pending``
+        unacknowledged messages, waits up to ``wait_s`` (if > 0) for one to be
+        queued, and fetches up to ``n`` after the unacknowledged ones that remain.
+        None if the lease is lost."""
+        q = self.queues
+        q._load_scripts()
+        settle = (
+            q._settle_command(self.partition, self.token, replies, ack)
+            if ack or replies.keys
+            else None
+        )
+        late = settle is not None and wait_s <= 0  # fetch first; read the settle later
+        commands: list[tuple[Any, ...]] = []
+        if settle is not None and late:
+            commands = [q._fetch_command(self.partition, self.token, n, pending), settle]
+        else:
+            if settle is not None:
+                commands.append(settle)
+            if wait_s > 0:
+                queue = queue_name(self.partition)
+                inflight = inflight_key(self.partition)
+                commands.append(("BLMOVE", queue, inflight, "RIGHT", "LEFT", wait_s))
+            commands.append(q._fetch_command(self.partition, self.token, n, pending - ack))
+        results = self._round_trip(commands, len(commands) - (1 if late else 0))
+        if results is None:
+            return None
+        self._settle_unread = late
+        if settle is not None and not late and int(results[0]) < 0:
+            return None
+        fetched = results[-1]
+        if fetched is None:
+            return None
+        raws, paused, holds = fetched
+        return Fetched(list(reversed(raws)), bool(paused), bool(holds))
+
+    def settle(self, replies: Replies, ack: int) -> bool:
+        """Stores ``replies``, then acknowledges the ``ack`` oldest in-flight messages;
+        False if the lease is lost."""
+        if not (ack or replies.keys):
+            return not self._settle_unread or self._round_trip([], 0) is not None
+        command = self.queues._settle_command(self.partition, self.token, replies, ack)
+        results = self._round_trip([command], 1)
+        self._settle_unread = False
+        return results is not None and int(results[0]) >= 0
+
+    def close(self) -> None:
+        """Reads what is still unread and gives the connection back to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        pool = self.queues.client.connection_pool
+        try:
+            if self._settle_unread:
+                conn.read_response()
+        except Exception:
+            conn.disconnect()
+        finally:
+            self._settle_unread = False
+            pool.release(conn)
+
+    def _round_trip(self, commands: list[tuple[Any, ...]], read: int) -> list[Any] | None:
+        """Sends ``commands``, reads the last exchange's unread settle (None if it found
+        the lease lost), then the first ``read`` replies of ``commands``."""
+        if self._conn is None:
+            self._conn = self.queues.client.connection_pool.get_connection()
+        conn = self._conn
+        try:
+            if commands:
+                # No health check while a reply is unread: its PING would read that reply.
+                conn.send_packed_command(
+                    conn.pack_commands(commands), check_health=not self._settle_unread
+                )
+            lost = False
+            if self._settle_unread:
+                self._settle_unread = False
+                lost = int(conn.read_response()) < 0
+            results = [conn.read_response() for _ in range(read)]
+        except redis.exceptions.NoScriptError:
+            self.queues._loaded = False  # the server lost its script cache (a restart)
+            self._drop()
+            raise
+        except BaseException:
+            self._drop()
+            raise
+        if lost:
+            self._drop()  # replies of what was just sent are not read
+            return None
+        return results
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        self._settle_unread = False
+        if conn is not None:
+            conn.disconnect()
+            self.queues.client.connection_pool.release(conn)

@@ -89,6 +89,7 @@ class PartitionRunner(threading.Thread):
         self._fetch_size = batch_size
         self._current: list[bytes] = []
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        self.lane = queues.lane(partition, token)  # this runner's own Redis connection
         self._unsent: list[Outcome] = []  # replies of applied batches, not yet stored
         self._drained = False  # the last fetch emptied the queue: the next one may wait
         # Replies ride with the acknowledgement when the backend is the broker's database.
@@ -144,6 +145,7 @@ class PartitionRunner(threading.Thread):
                     log.exception("partition %s: could not set a message aside", self.partition)
             if self._stopping.is_set() and self.pending == 0 and not self.processor.dirty:
                 break  # stopping after a failed flush: the next owner re-applies what is in flight
+        self.lane.close()
         self.on_exit(self, reason)
 
     def _step(self) -> bool:
@@ -200,14 +202,8 @@ class PartitionRunner(threading.Thread):
         if self._drained:
             due = self.processor.flush_in()
             wait = WAIT_S if due is None else max(0.001, min(WAIT_S, due))
-        fetched = self.queues.exchange(
-            self.partition,
-            self.token,
-            self._fetch_size,
-            self.pending - ack,
-            replies=replies,
-            ack=ack,
-            wait_s=wait,
+        fetched = self.lane.exchange(
+            self._fetch_size, self.pending, replies=replies, ack=ack, wait_s=wait
         )
         if fetched is not None:
             self.pending -= ack
@@ -242,7 +238,7 @@ class PartitionRunner(threading.Thread):
     def _ack(self) -> bool:
         """Stores the unsent replies, then acknowledges every pending message."""
         replies = self._take_replies()
-        if not self.queues.settle(self.partition, self.token, replies, self.pending):
+        if not self.lane.settle(replies, self.pending):
             raise LeaseLost(self.partition)
         self.pending = 0
         return True
