@@ -59,3 +59,19 @@ def test_a_lease_lost_before_a_late_settle_is_noticed_and_nothing_is_acknowledge
     lane.close()
     assert redis_client.llen(inflight_key(PARTITION)) == 2
     assert redis_client.llen(queue_name(PARTITION)) == 1
+
+
+def test_each_fetch_renews_the_lease(redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given a lane made with a lease TTL, when it fetches, then the lease's time to live
+    is back to the TTL, so a runner that keeps working keeps its partition even when
+    its worker's heartbeat thread is late; a lane without a TTL leaves it alone."""
+    queues, token = setup(redis_client, 1)
+    redis_client.pexpire(lease_key(PARTITION), 500)
+    plain = queues.lane(PARTITION, token)
+    assert plain.exchange(1, 0) is not None
+    plain.close()
+    assert redis_client.pttl(lease_key(PARTITION)) <= 500
+    renewing = queues.lane(PARTITION, token, lease_ttl_ms=30_000)
+    assert renewing.exchange(1, 1, ack=1) is not None
+    renewing.close()
+    assert redis_client.pttl(lease_key(PARTITION)) > 25_000

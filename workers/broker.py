@@ -33,14 +33,17 @@ from entities.routing import (
 
 __all__ = ["Fetched", "Lane", "PartitionQueues", "redis_from_url"]
 
-# KEYS: queue, inflight, lease, paused, held set, resume set. ARGV: token, skip, n.
-# Nil if the lease is not ours. Else {messages, paused, holds}: ``holds`` counts the
+# KEYS: queue, inflight, lease, paused, held set, resume set. ARGV: token, skip, n,
+# ttl_ms. Nil if the lease is not ours. Else it renews the lease for ttl_ms (if > 0: a
+# runner that fetches keeps its lease, whether or not its worker's heartbeat thread
+# gets the GIL in time) and returns {messages, paused, holds}: ``holds`` counts the
 # partition's held and to-be-resumed entities (their names are read separately, only
 # when there are some). Unless the partition is paused, tops the in-flight list up to
 # skip + n from the queue and returns the n oldest entries after the ``skip`` oldest
 # (those are applied but not yet acknowledged), newest first.
 _FETCH = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return false end
+if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
 local holds = redis.call('SCARD', KEYS[5]) + redis.call('SCARD', KEYS[6])
 if redis.call('EXISTS', KEYS[4]) == 1 then return {{}, 1, holds} end
 local skip = tonumber(ARGV[2])
@@ -213,9 +216,10 @@ class PartitionQueues:
             lane.close()
         return None if fetched is None else fetched.raws
 
-    def lane(self, partition: int, token: str) -> Lane:
-        """A runner's own connection for its partition's exchanges (see :class:`Lane`)."""
-        return Lane(self, partition, token)
+    def lane(self, partition: int, token: str, lease_ttl_ms: int = 0) -> Lane:
+        """A runner's own connection for its partition's exchanges (see :class:`Lane`);
+        each fetch renews the lease for ``lease_ttl_ms`` (0: not)."""
+        return Lane(self, partition, token, lease_ttl_ms)
 
     def settle(self, partition: int, token: str, replies: Replies, ack: int) -> bool:
         """Stores ``replies`` (the first reply of a task id wins), then acknowledges the
@@ -232,7 +236,9 @@ class PartitionQueues:
         keys = [inflight_key(partition), lease_key(partition), *replies.keys]
         return keys, [token, ack, replies.ttl_s, *replies.payloads]
 
-    def _fetch_command(self, partition: int, token: str, n: int, skip: int) -> tuple[Any, ...]:
+    def _fetch_command(
+        self, partition: int, token: str, n: int, skip: int, lease_ttl_ms: int = 0
+    ) -> tuple[Any, ...]:
         keys = (
             queue_name(partition),
             inflight_key(partition),
@@ -241,7 +247,7 @@ class PartitionQueues:
             held_set_key(partition),
             resume_set_key(partition),
         )
-        return ("EVALSHA", self._fetch.sha, len(keys), *keys, token, skip, n)
+        return ("EVALSHA", self._fetch.sha, len(keys), *keys, token, skip, n, lease_ttl_ms)
 
     def _settle_command(
         self, partition: int, token: str, replies: Replies, ack: int
@@ -291,10 +297,13 @@ class Lane:
     messages that settle acknowledges.
     """
 
-    def __init__(self, queues: PartitionQueues, partition: int, token: str) -> None:
+    def __init__(
+        self, queues: PartitionQueues, partition: int, token: str, lease_ttl_ms: int = 0
+    ) -> None:
         self.queues = queues
         self.partition = partition
         self.token = token
+        self.lease_ttl_ms = lease_ttl_ms
         self._conn: Any = None
         self._settle_unread = False  # the last exchange's settle has not been read yet
 
@@ -321,7 +330,7 @@ class Lane:
         late = settle is not None and wait_s <= 0  # fetch first; read the settle later
         commands: list[tuple[Any, ...]] = []
         if settle is not None and late:
-            commands = [q._fetch_command(self.partition, self.token, n, pending), settle]
+            commands = [self._fetch(q, n, pending), settle]
         else:
             if settle is not None:
                 commands.append(settle)
@@ -329,7 +338,7 @@ class Lane:
                 queue = queue_name(self.partition)
                 inflight = inflight_key(self.partition)
                 commands.append(("BLMOVE", queue, inflight, "RIGHT", "LEFT", wait_s))
-            commands.append(q._fetch_command(self.partition, self.token, n, pending - ack))
+            commands.append(self._fetch(q, n, pending - ack))
         results = self._round_trip(commands, len(commands) - (1 if late else 0))
         if results is None:
             return None
@@ -341,6 +350,9 @@ class Lane:
             return None
         raws, paused, holds = fetched
         return Fetched(list(reversed(raws)), bool(paused), bool(holds))
+
+    def _fetch(self, q: PartitionQueues, n: int, skip: int) -> tuple[Any, ...]:
+        return q._fetch_command(self.partition, self.token, n, skip, self.lease_ttl_ms)
 
     def settle(self, replies: Replies, ack: int) -> bool:
         """Stores ``replies``, then acknowledges the ``ack`` oldest in-flight messages;

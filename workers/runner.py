@@ -89,7 +89,8 @@ class PartitionRunner(threading.Thread):
         self._fetch_size = batch_size
         self._current: list[bytes] = []
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
-        self.lane = queues.lane(partition, token)  # this runner's own Redis connection
+        # This runner's own Redis connection; each fetch also renews the lease.
+        self.lane = queues.lane(partition, token, int(processor.settings.lease_ttl_s * 1000))
         self._unsent: list[Outcome] = []  # replies of applied batches, not yet stored
         self._drained = False  # the last fetch emptied the queue: the next one may wait
         # Replies ride with the acknowledgement when the backend is the broker's database.
