@@ -65,8 +65,10 @@ class PartitionRunner(threading.Thread):
         publish: Publisher,
         batch_size: int,
         on_exit: Callable[[PartitionRunner, str], None],
+        gate: threading.Event | None = None,
     ) -> None:
         super().__init__(name=f"entities-p{partition}", daemon=True)
+        self._gate = gate  # set once the runners started with this one may all work
         self.partition = partition
         self.token = token
         self.epoch = epoch
@@ -106,6 +108,8 @@ class PartitionRunner(threading.Thread):
         return self._stopping.is_set()
 
     def run(self) -> None:
+        if self._gate is not None:
+            self._gate.wait()
         reason = "stopped"
         backoff = BACKOFF_MIN_S
         while True:

@@ -351,11 +351,17 @@ class PartitionService:
             for p in taken:
                 self.queues.release(p, tokens[p])
             raise
-        for partition in taken:
-            self._start_runner(partition, tokens[partition], epochs[partition])
+        # Every runner's thread starts before any of them works: a thread's start waits
+        # for it to run, which takes long once earlier runners keep the GIL busy.
+        gate = threading.Event()
+        try:
+            for partition in taken:
+                self._start_runner(partition, tokens[partition], epochs[partition], gate)
+        finally:
+            gate.set()
         return taken
 
-    def _start_runner(self, partition: int, token: str, epoch: int) -> None:
+    def _start_runner(self, partition: int, token: str, epoch: int, gate: threading.Event) -> None:
         processor = self.processors.get(partition)
         if processor is None:
             processor = Processor(partition, self.store, self.settings, self._resident_share)
@@ -371,6 +377,7 @@ class PartitionService:
             self._publish,
             self.settings.batch_size,
             self._on_runner_exit,
+            gate,
         )
         with self._lock:
             self._claiming.pop(partition, None)
