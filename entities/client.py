@@ -13,7 +13,7 @@ from entities.model import Delay, _check_alarm_name, fire_time
 from entities.routing import TASK_NAME
 from entities.settings import get_settings
 from entities.store import Alarm, AlarmChange, Snapshot, SQLStore, Store
-from entities.transport import client_app, send_direct
+from entities.transport import check_options, client_app, send_direct
 
 if TYPE_CHECKING:
     from entities.model import Entity
@@ -75,6 +75,7 @@ def send(
     args: list[Any] = [name, entity_id, msg]
     if durability is not None:
         args.append(durability)
+    check_options(options)
     app = client_app()
     task_id = options.pop("task_id", None)
     sent = send_direct(app, args, task_id, options)

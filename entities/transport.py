@@ -57,6 +57,20 @@ def _partition_of(entity_type: Any, entity_id: Any) -> int:
     return partition_for(entity_type, entity_id, settings.partitions)
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """Refuses send options that would strand a call: a priority puts the message on a
+    kombu priority sub-queue, which no partition owner reads (and one entity's messages
+    are applied in the order they were sent, whatever their priority)."""
+    priority = options.get("priority")
+    if priority:
+        from entities.errors import BadMessage
+
+        raise BadMessage(
+            f"send_to_entity takes no priority (got priority={priority!r}): an entity's "
+            "messages are applied in the order they were sent"
+        )
+
+
 #: apply_async/send_task options the direct send takes; any other goes through Celery.
 _DIRECT_OPTIONS = frozenset({"ignore_result"})
 _publishers: dict[str, Any] = {}

@@ -129,3 +129,17 @@ def test_a_plain_call_skips_kombus_publish(redis_client, monkeypatch) -> None:  
         send("counter", "direct", {"op": "increment"}, durability="strict").id,
     ]
     assert [m["headers"]["id"] for m in queued(redis_client, "counter", "direct")] == ids
+
+
+def test_a_priority_is_refused_before_anything_is_sent(redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given a priority (which would put the call on a kombu priority sub-queue that no
+    partition owner reads), then the send raises BadMessage naming it and nothing is
+    queued anywhere."""
+    from entities.client import send
+    from workers import send_to_entity
+
+    with pytest.raises(BadMessage, match="priority"):
+        send_to_entity.apply_async(("counter", "pri", {"op": "increment"}), priority=5)
+    with pytest.raises(BadMessage, match="priority"):
+        send("counter", "pri", {"op": "increment"}, priority=9)
+    assert not [k for k in redis_client.keys("entities.{p*}") if not k.endswith(b".lease")]

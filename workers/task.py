@@ -16,7 +16,7 @@ from celery.exceptions import Ignore
 
 from entities.messages import validate_message
 from entities.routing import TASK_NAME
-from entities.transport import send_direct
+from entities.transport import check_options, send_direct
 from workers.app import app
 
 
@@ -34,6 +34,7 @@ class EntityTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         shadow: Any = None,
         **options: Any,
     ) -> Any:
+        check_options(options)
         if kwargs and set(kwargs) == {"durability"} and args and len(args) == 3:
             args, kwargs = [*args, kwargs["durability"]], None
         if not (kwargs or producer or link or link_error or shadow):
