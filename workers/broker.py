@@ -204,18 +204,6 @@ class PartitionQueues:
         values = self.client.mget([lease_key(p) for p in partitions])
         return dict(zip(partitions, values, strict=True))
 
-    def fetch(self, partition: int, token: str, n: int, skip: int = 0) -> list[bytes] | None:
-        """Up to ``n`` messages after the ``skip`` oldest unacknowledged ones, oldest first.
-
-        None if the lease is lost. Returns no message while the partition is paused.
-        """
-        lane = self.lane(partition, token)
-        try:
-            fetched = lane.exchange(n, skip)
-        finally:
-            lane.close()
-        return None if fetched is None else fetched.raws
-
     def lane(self, partition: int, token: str, lease_ttl_ms: int = 0) -> Lane:
         """A runner's own connection for its partition's exchanges (see :class:`Lane`);
         each fetch renews the lease for ``lease_ttl_ms`` (0: not)."""
@@ -228,6 +216,11 @@ class PartitionQueues:
             return True
         keys, args = self._settle_args(partition, token, replies, ack)
         return int(self._settle(keys=keys, args=args)) >= 0
+
+    def store_replies(self, replies: Replies) -> None:
+        """Stores ``replies`` (the first reply of a task id wins) and acknowledges nothing:
+        the settle script with no acknowledgement, which touches no queue."""
+        self.settle(0, "", replies, 0)
 
     @staticmethod
     def _settle_args(
@@ -263,10 +256,6 @@ class PartitionQueues:
             for script in (self._fetch, self._settle):
                 self.client.script_load(script.script)
             self._loaded = True
-
-    def ack(self, partition: int, token: str, n: int) -> bool:
-        """Acknowledges the ``n`` oldest in-flight messages; False if the lease is lost."""
-        return self.settle(partition, token, NO_REPLIES, n)
 
     def forward(self, raws_by_partition: dict[int, list[bytes]]) -> None:
         """Appends messages, unchanged and in order, to other partitions' queues."""

@@ -83,7 +83,7 @@ class ReplyWriter:
             return
         replies = self.prepare(outcomes)
         if replies.keys:
-            self._queues.settle(0, "", replies, ack=0)  # stores replies; acknowledges nothing
+            self._queues.store_replies(replies)
 
 
 def _text(value: str | bytes) -> str:

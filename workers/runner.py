@@ -297,7 +297,7 @@ class PartitionRunner(threading.Thread):
         env = parse_envelope(raw, self.processor.settings.max_message_bytes)
         if env.task_id and not env.silent:
             self.replies.write([Outcome.failure(env.task_id, BadMessage(reason))])
-        if not self.queues.ack(self.partition, self.token, 1):
+        if not self.lane.settle(NO_REPLIES, 1):
             raise LeaseLost(self.partition)
         self._fetch_size = self.batch_size
         telemetry.emit("message.dead_lettered", queue=queue_name(self.partition), reason=reason)
