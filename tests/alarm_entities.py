@@ -142,3 +142,26 @@ class Lazy(Entity, name="lazy_counter", durability="interval", flush_interval=36
     def increment(self) -> int:
         self.count += 1
         return self.count
+
+
+class LazyAlarmed(Entity, name="lazy_alarmed", durability="on_stop", shutdown_after=None):
+    """A relaxed entity with alarms: its changes wait in memory for a flush or a strict call."""
+
+    fired: list[str] = field(default_factory=list)
+    touched: int = 0
+
+    @handler
+    def schedule(self, name: str, delay: float) -> None:
+        self.schedule_alarm(name, delay)
+
+    @handler
+    def cancel(self, name: str) -> None:
+        self.cancel_alarm(name)
+
+    @handler
+    def touch(self) -> int:
+        self.touched += 1
+        return self.touched
+
+    def handle_alarm(self, name: str, payload: Any) -> None:
+        self.fired.append(name)

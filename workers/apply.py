@@ -4,6 +4,14 @@ The Applier runs handlers on the live object and records what the partition
 must commit: the new encoded state, the processed-message record with its
 reply, alarm changes and outgoing messages. A handler that raises is undone by
 rebuilding the object from its last encoded state, so nothing it did survives.
+
+Invariant: what a batch stages is what later messages in that batch see, and
+so are a relaxed entity's unflushed changes. State: the live object carries
+them. Deletes: a deleted entity starts again from its defaults, and its delete
+clears every alarm of the entity, staged, deferred or stored. Alarms: a firing
+fires only if its scheduling is still current once every pending change is
+counted (this batch's, then the deferred ones, see :mod:`workers.pending`),
+not merely if the stored row still names it.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -32,6 +41,7 @@ from entities.store import (
 )
 from entities.upgrades import upgrade_state
 from workers.memory import EntityMemory, Key, Live
+from workers.pending import PendingAlarms
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +75,32 @@ class Staged:
     changed: bool = False
     strict: bool = False  # commit with this batch, whatever the class's durability
     processed: list[Processed] = dataclasses.field(default_factory=list)
-    alarms: list[AlarmChange] = dataclasses.field(default_factory=list)
+    alarms: PendingAlarms = dataclasses.field(default_factory=PendingAlarms)
     outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
     alarm_outcomes: list[AlarmOutcome] = dataclasses.field(default_factory=list)
     replies: dict[str, Outcome] = dataclasses.field(default_factory=dict)
+
+
+#: The alarm changes of earlier batches still waiting for their flush, by entity.
+Deferred = Callable[[], Mapping[Key, PendingAlarms]]
 
 
 class Applier:
     """Applies messages to the entities of one partition's memory."""
 
     def __init__(
-        self, partition: int, store: Store, settings: Settings, memory: EntityMemory
+        self,
+        partition: int,
+        store: Store,
+        settings: Settings,
+        memory: EntityMemory,
+        deferred: Deferred = dict,
     ) -> None:
         self.partition = partition
         self.store = store
         self.settings = settings
         self.memory = memory
+        self.deferred = deferred
         self._prefetched: set[Key] = set()
         self._snapshots: dict[Key, Snapshot] = {}
 
@@ -187,7 +207,7 @@ class Applier:
         st.replies[env.task_id] = outcome
         for alarm in alarms:
             payload = codec.encode(alarm.payload, Any, f"alarm {alarm.name!r} payload")
-            st.alarms.append(
+            st.alarms.set(
                 AlarmChange(env.entity_type, env.entity_id, alarm.name, alarm.fire_at, payload)
             )
         for send in sends:
@@ -236,7 +256,7 @@ class Applier:
             )
         key = env.key
         done = AlarmOutcome(env.entity_type, env.entity_id, name, scheduling_id)
-        alarm = self.store.get_alarm(env.entity_type, env.entity_id, name)
+        alarm = None if self._superseded(key, name, staged) else self.store.get_alarm(*key, name)
         if (
             alarm is None
             or alarm.scheduling_id != scheduling_id
@@ -302,6 +322,14 @@ class Applier:
                     )
                 )
         return outcome
+
+    def _superseded(self, key: Key, name: str, staged: dict[Key, Staged]) -> bool:
+        """True if a change not yet committed replaced, cancelled or cleared alarm ``name``."""
+        st = staged.get(key)
+        if st is not None and st.alarms.supersedes(name):
+            return True
+        pending = self.deferred().get(key)
+        return pending is not None and pending.supersedes(name)
 
 
 def _stage(staged: dict[Key, Staged], key: Key, live: Live | None) -> Staged:

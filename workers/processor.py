@@ -29,7 +29,6 @@ from entities.messages import Envelope, parse_envelope
 from entities.routing import partition_for, queue_name
 from entities.settings import Settings
 from entities.store import (
-    AlarmChange,
     CommitBatch,
     DeadLetter,
     OutboxMessage,
@@ -39,6 +38,7 @@ from entities.store import (
 )
 from workers.apply import Applier, Outcome, Staged
 from workers.memory import EntityMemory, Key, Live
+from workers.pending import PendingAlarms
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,27 @@ class Deferred:
     """Effects of relaxed entities, applied in memory, waiting for the next flush."""
 
     processed: list[Processed] = dataclasses.field(default_factory=list)
-    alarms: list[AlarmChange] = dataclasses.field(default_factory=list)
+    alarms: dict[Key, PendingAlarms] = dataclasses.field(default_factory=dict)
     outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
     replies: dict[str, Outcome] = dataclasses.field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.processed or self.alarms or self.outbox)
+
+    def add(self, key: Key, staged: Staged) -> None:
+        """Appends one entity's staged effects (made after those already here)."""
+        self.processed.extend(staged.processed)
+        if staged.alarms:
+            self.alarms.setdefault(key, PendingAlarms()).then(staged.alarms)
+        self.outbox.extend(staged.outbox)
+        self.replies.update(staged.replies)
+
+    def into(self, batch: CommitBatch) -> None:
+        """Adds every effect to ``batch``."""
+        batch.processed.extend(self.processed)
+        for key, alarms in self.alarms.items():
+            alarms.into(key, batch)
+        batch.outbox.extend(self.outbox)
 
 
 class Processor:
@@ -86,7 +101,9 @@ class Processor:
         self.settings = settings
         self.memory = EntityMemory(max_resident or (lambda: settings.max_resident))
         self.deferred = Deferred()
-        self.applier = Applier(partition, store, settings, self.memory)
+        self.applier = Applier(
+            partition, store, settings, self.memory, deferred=lambda: self.deferred.alarms
+        )
         self.conflicts = 0
 
     # -- state of the partition ---------------------------------------------------
@@ -270,29 +287,39 @@ class Processor:
         return BatchResult(outcomes, batch.outbox, holding, misrouted)
 
     def _stage(self, staged: dict[Key, Staged], batch: CommitBatch) -> list[tuple[Key, Live]]:
-        """Splits this batch's changes into the commit and the deferred set."""
+        """Splits this batch's changes into the commit and the deferred set.
+
+        A strict change commits everything deferred before its reply; the
+        deferred effects (older) go into the commit before this batch's, so an
+        entity's alarm changes and outgoing messages keep the order it made them.
+        """
         now = time.monotonic()
         escalate = any(s.strict for s in staged.values())
-        touched: list[tuple[Key, Live]] = []
+        now_strict: dict[Key, Staged] = {}
         for key, s in staged.items():
             batch.alarm_outcomes.extend(s.alarm_outcomes)
             if not s.changed:
                 continue
             live = cast(Live, s.live)  # a changed entity is loaded
             if s.strict or live.cls.__entity_options__.durability == "strict":
-                batch.processed.extend(s.processed)
-                batch.alarms.extend(s.alarms)
-                batch.outbox.extend(s.outbox)
-                batch.writes.append(_write(key, live))
-                touched.append((key, live))
+                now_strict[key] = s
             else:
-                self.deferred.processed.extend(s.processed)
-                self.deferred.alarms.extend(s.alarms)
-                self.deferred.outbox.extend(s.outbox)
-                self.deferred.replies.update(s.replies)
+                self.deferred.add(key, s)
                 self.memory.mark_dirty(key, live, now)
-        if escalate:  # a strict call commits everything pending before its reply
-            touched.extend(self._take_all_dirty(batch, skip={k for k, _ in touched}))
+        touched: list[tuple[Key, Live]] = []
+        if escalate:  # after the deferred effects, merged per entity (a delete clears them)
+            for key, s in now_strict.items():
+                self.deferred.add(key, s)
+            touched = self._take_all_dirty(batch, skip=set(now_strict))
+        else:  # only strict entities, which never have deferred effects
+            for key, s in now_strict.items():
+                batch.processed.extend(s.processed)
+                s.alarms.into(key, batch)
+                batch.outbox.extend(s.outbox)
+        for key, s in now_strict.items():
+            live = cast(Live, s.live)
+            batch.writes.append(_write(key, live))
+            touched.append((key, live))
         return touched
 
     def _take_all_dirty(
@@ -301,9 +328,7 @@ class Processor:
         skip = skip or set()
         touched = [(k, v) for k, v in self.memory.dirty() if k not in skip]
         batch.writes.extend(_write(k, v) for k, v in touched)
-        batch.processed.extend(self.deferred.processed)
-        batch.alarms.extend(self.deferred.alarms)
-        batch.outbox.extend(self.deferred.outbox)
+        self.deferred.into(batch)
         self.deferred = Deferred()
         return touched
 

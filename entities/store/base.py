@@ -142,6 +142,7 @@ class CommitBatch:
     writes: list[Write] = dataclasses.field(default_factory=list)
     processed: list[Processed] = dataclasses.field(default_factory=list)
     alarm_outcomes: list[AlarmOutcome] = dataclasses.field(default_factory=list)
+    alarm_clears: list[Key] = dataclasses.field(default_factory=list)  # entities losing every alarm
     alarms: list[AlarmChange] = dataclasses.field(default_factory=list)
     outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
@@ -151,6 +152,7 @@ class CommitBatch:
             self.writes
             or self.processed
             or self.alarm_outcomes
+            or self.alarm_clears
             or self.alarms
             or self.outbox
             or self.dead_letters
@@ -204,8 +206,10 @@ class Store(abc.ABC):
     def commit(self, batch: CommitBatch) -> None:
         """Applies ``batch`` atomically, or nothing of it.
 
-        Alarm outcomes apply before alarm changes, so a handler that reschedules
-        the alarm it is firing keeps the new scheduling.
+        Alarm outcomes apply first, then ``alarm_clears`` (every alarm of each
+        entity named is removed), then alarm changes: a handler that reschedules
+        the alarm it is firing keeps the new scheduling, and alarms scheduled
+        after a delete in the same batch survive it.
 
         Raises FenceError (and writes nothing) if any write's expected version
         is stale, a message id was already recorded, or ``batch.epoch`` is not

@@ -269,6 +269,8 @@ class SQLStore(AlarmTables, LetterTables, Store):
                 self._record_processed(conn, batch.processed, now)
             for outcome in batch.alarm_outcomes:
                 self._alarm_outcome(conn, outcome, now)
+            for entity_type, entity_id in batch.alarm_clears:
+                self._clear_alarms(conn, entity_type, entity_id)
             for change in batch.alarms:
                 self._set_alarm(conn, change)
             if batch.outbox:

@@ -100,14 +100,18 @@ class AlarmTables(SQLTables):
         with self._tx() as conn:
             self._set_alarm(conn, change)
 
+    @staticmethod
+    def _clear_alarms(conn: Connection, entity_type: str, entity_id: str) -> int:
+        result = conn.execute(
+            sa.delete(t.alarms).where(
+                (t.alarms.c.entity_type == entity_type) & (t.alarms.c.entity_id == entity_id)
+            )
+        )
+        return int(result.rowcount or 0)
+
     def cancel_all_alarms(self, entity_type: str, entity_id: str) -> int:
         with self._tx() as conn:
-            result = conn.execute(
-                sa.delete(t.alarms).where(
-                    (t.alarms.c.entity_type == entity_type) & (t.alarms.c.entity_id == entity_id)
-                )
-            )
-        return int(result.rowcount or 0)
+            return self._clear_alarms(conn, entity_type, entity_id)
 
     def list_alarms(self, entity_type: str, entity_id: str) -> list[Alarm]:
         a = t.alarms.c

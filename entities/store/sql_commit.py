@@ -76,6 +76,7 @@ def takes(batch: CommitBatch) -> bool:
     return not (
         batch.alarms
         or batch.alarm_outcomes
+        or batch.alarm_clears
         or batch.outbox
         or batch.dead_letters
         or any(w.state is None for w in batch.writes)
