@@ -5,12 +5,15 @@ Every ``alarm_poll_s`` (ENTITIES_ALARM_POLL, 0.25 s) beat sends
 batches, earliest first (``FOR UPDATE SKIP LOCKED`` on Postgres), commits the
 claim, then pushes one ``__alarm__`` message per alarm onto its entity's
 partition queue, a batch per Redis round trip; it goes on while batches come
-back full (for at most ``BUDGET_S``). The entity fires the alarm only if the
-stored row is still that scheduling (same scheduling id, attempt count, status
-``scheduled``) and removes it in the commit that holds the handler's effect.
-Hence:
+back full (for at most ``BUDGET_S``). The entity fires the alarm only if no
+change it made and has not committed yet (staged earlier in the batch, or held
+unflushed by a relaxed entity) cancels, replaces or clears it, and the stored
+row is still that scheduling (same scheduling id, attempt count, status
+``scheduled``); it removes the row in the commit that holds the handler's
+effect. Hence:
 
-- a cancelled or replaced alarm never fires: its scheduling is gone;
+- a cancelled or replaced alarm never fires: its scheduling is gone, or is
+  going with a change the entity made before the firing;
 - a message sent twice (a second beat, a redispatch, a broker redelivery)
   changes nothing the second time: its task id ``alarm-<scheduling>-<attempt>``
   is a processed-message key, and the row is gone or changed after the first;
@@ -20,6 +23,16 @@ A dispatch that dies between its claim and its publish leaves alarms claimed
 but unsent; they are claimed again ``alarm_redispatch_s`` (30 s) later. A
 dispatch task that waited longer than its short expiry is dropped unrun, so a
 beat that ran while every worker was down leaves no backlog of dispatches.
+
+Dispatch is idempotent per scheduling and attempt: the push of its message
+and a mark named by its task id are one Redis script, in the partition's hash
+slot, and a mark present means the message was pushed already (it is queued,
+held behind a paused entity, in flight, or applied), so a redispatch pushes
+nothing. An alarm of a paused entity or of a partition lagging behind
+therefore stays one message in the queue, however often it is claimed again;
+only after ``SENT_MARK_S`` is a copy pushed again (a duplicate is then applied
+once, as any). A redispatch after a dispatch that died before its push finds
+no mark and pushes.
 
 Misfires: an alarm found late because beat or the workers were down, or
 dispatch fell behind. ENTITIES_ALARM_MISFIRE decides, per alarm, when a
@@ -64,6 +77,18 @@ log = logging.getLogger(__name__)
 BUDGET_S = 2.0
 
 Publisher = Callable[[list[Alarm]], None]
+
+#: Seconds a pushed alarm message's mark lives: no second copy is pushed meanwhile.
+SENT_MARK_S = 3600
+
+# KEYS: the mark, the partition queue; ARGV: the mark's lifetime (s), the message.
+_PUSH_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('LPUSH', KEYS[2], ARGV[2])
+    return 1
+end
+return 0
+"""
 
 _lock = threading.Lock()
 _opened: dict[int, tuple[SQLStore, redis.Redis]] = {}
@@ -122,18 +147,28 @@ def publisher(client: redis.Redis, partitions: int) -> Publisher:
     alarms a second.
     """
 
+    push_once = client.register_script(_PUSH_ONCE)
+
     def publish(alarms: list[Alarm]) -> None:
         with client.pipeline(transaction=False) as pipe:
             for alarm in alarms:
                 task_id, (entity_type, entity_id, msg) = alarm_call(alarm)
                 queue = queue_name(partition_for(entity_type, entity_id, partitions))
-                pipe.lpush(
-                    queue,
-                    celery_message(entity_type, entity_id, msg, task_id, ignore_result=True),
+                message = celery_message(entity_type, entity_id, msg, task_id, ignore_result=True)
+                push_once(
+                    keys=[sent_mark(queue, task_id), queue],
+                    args=[SENT_MARK_S, message],
+                    client=pipe,
                 )
             pipe.execute()
 
     return publish
+
+
+def sent_mark(queue: str, task_id: str) -> str:
+    """The Redis key marking that the alarm message ``task_id`` was pushed onto ``queue``
+    (in the queue's hash slot, so one script sees both)."""
+    return f"{queue}.alarm-sent.{task_id}"
 
 
 def _connections(settings: Settings) -> tuple[SQLStore, redis.Redis]:
