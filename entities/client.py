@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from entities import clock, registry
+from entities.alarm_ops import clear_alarms_msg, set_alarm_msg
 from entities.errors import UnknownHandler
 from entities.messages import OP_DELETE, validate_id
 from entities.model import Delay, _check_alarm_name, fire_time
@@ -93,6 +95,37 @@ def delete(entity_type: str | type[Entity], entity_id: str, timeout: float = 10)
     send(entity_type, entity_id, {"op": OP_DELETE}).get(timeout=timeout)
 
 
+#: Sends an external alarm change through the entity's queue: (type, id, msg) -> None.
+AlarmOpSender = Callable[[str, str, dict[str, Any]], None]
+
+
+def _send_silently(entity_type: str, entity_id: str, msg: dict[str, Any]) -> None:
+    send(entity_type, entity_id, msg, ignore_result=True)
+
+
+_alarm_op_sender: AlarmOpSender = _send_silently
+
+
+def set_alarm_op_sender(sender: AlarmOpSender | None) -> AlarmOpSender:
+    """Installs how external alarm changes reach their entity's queue (the test kit applies
+    them in process); None restores the broker. Returns the previous sender."""
+    global _alarm_op_sender
+    previous, _alarm_op_sender = _alarm_op_sender, sender or _send_silently
+    return previous
+
+
+def _change_alarms(
+    entity_type: str, entity_id: str, msg: dict[str, Any], write: Callable[[Store], Any]
+) -> None:
+    """Applies an external alarm change in order with the entity's messages and at once.
+
+    The queued copy is sent first, then the store is written (see
+    :mod:`entities.alarm_ops` for why that order).
+    """
+    _alarm_op_sender(entity_type, entity_id, msg)
+    write(get_store())
+
+
 def schedule_alarm(
     entity_type: str | type[Entity],
     entity_id: str,
@@ -100,28 +133,43 @@ def schedule_alarm(
     delay: Delay,
     payload: Any = None,
 ) -> dt.datetime:
-    """Schedules (or replaces) alarm ``name`` of an entity; returns when it fires."""
+    """Schedules (or replaces) alarm ``name`` of an entity; returns when it fires.
+
+    The change is stored at once and also applied in order with the entity's
+    messages, so no change the entity made before this call undoes it.
+    """
     from entities.codec import encode
 
     _check_alarm_name(name)
     validate_id("entity id", entity_id)
-    encode(payload, Any, f"alarm {name!r} payload")
+    encoded = encode(payload, Any, f"alarm {name!r} payload")
     when = fire_time(delay)
-    get_store().set_alarm(
-        AlarmChange(registry.type_name(entity_type), entity_id, name, when, payload)
+    change = AlarmChange(registry.type_name(entity_type), entity_id, name, when, encoded)
+    _change_alarms(
+        change.entity_type, entity_id, set_alarm_msg(change), lambda s: s.set_alarm(change)
     )
     return when
 
 
 def cancel_alarm(entity_type: str | type[Entity], entity_id: str, name: str) -> None:
-    """Cancels alarm ``name`` of an entity (nothing happens if there is none)."""
+    """Cancels alarm ``name`` of an entity (nothing happens if there is none); like
+    :func:`schedule_alarm`, in order with the entity's messages too."""
     _check_alarm_name(name)
-    get_store().set_alarm(AlarmChange(registry.type_name(entity_type), entity_id, name, None))
+    validate_id("entity id", entity_id)
+    change = AlarmChange(registry.type_name(entity_type), entity_id, name, None)
+    _change_alarms(
+        change.entity_type, entity_id, set_alarm_msg(change), lambda s: s.set_alarm(change)
+    )
 
 
 def cancel_all_alarms(entity_type: str | type[Entity], entity_id: str) -> None:
-    """Cancels every alarm of an entity."""
-    get_store().cancel_all_alarms(registry.type_name(entity_type), entity_id)
+    """Cancels every alarm of an entity; like :func:`schedule_alarm`, in order with the
+    entity's messages too."""
+    validate_id("entity id", entity_id)
+    name = registry.type_name(entity_type)
+    _change_alarms(
+        name, entity_id, clear_alarms_msg(), lambda s: s.cancel_all_alarms(name, entity_id)
+    )
 
 
 def list_alarms(entity_type: str | type[Entity], entity_id: str) -> list[tuple[str, dt.datetime]]:

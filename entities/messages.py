@@ -27,7 +27,9 @@ MAX_ID_LENGTH = 255
 #: Ops of the runtime itself; handler names cannot start with "_".
 OP_DELETE = "__delete__"
 OP_ALARM = "__alarm__"
-RUNTIME_OPS = frozenset({OP_DELETE, OP_ALARM})
+OP_SET_ALARM = "__set_alarm__"  # see entities.alarm_ops
+OP_CLEAR_ALARMS = "__clear_alarms__"
+RUNTIME_OPS = frozenset({OP_DELETE, OP_ALARM, OP_SET_ALARM, OP_CLEAR_ALARMS})
 
 
 def validate_id(what: str, value: Any, max_length: int = MAX_ID_LENGTH) -> str:

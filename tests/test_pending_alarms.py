@@ -7,8 +7,12 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from entities.messages import OP_DELETE
-from entities.routing import partition_for
+import pytest
+
+import entities
+from entities.errors import BadMessage
+from entities.messages import OP_CLEAR_ALARMS, OP_DELETE, OP_SET_ALARM
+from entities.routing import partition_for, queue_name
 from entities.settings import get_settings
 from entities.transport import celery_message
 from workers.alarms import alarm_call
@@ -152,3 +156,100 @@ def test_a_firing_after_a_delete_in_the_same_batch_does_not_bring_the_entity_bac
     processor.process([celery_message("alarmed", eid, {"op": OP_DELETE}), fire], epoch)
     assert store.load("alarmed", eid) is None
     assert alarm_names(store, "alarmed", eid) == []
+
+
+def drain(redis_client: Any, processor: Processor, epoch: int) -> list[Any]:
+    """Applies what the partition's queue holds, oldest first, as its owner would."""
+    raws = []
+    while (raw := redis_client.rpop(queue_name(PARTITION))) is not None:
+        raws.append(raw)
+    return [o.value for o in processor.process(raws, epoch).outcomes] if raws else []
+
+
+@pytest.mark.parametrize("flush_first", [False, True], ids=["queued-copy-first", "flush-first"])
+def test_an_external_cancel_is_not_undone_by_an_older_unflushed_schedule(
+    store,  # type: ignore[no-untyped-def]
+    redis_client,
+    flush_first: bool,
+) -> None:
+    """Given a relaxed entity holding an unflushed schedule of alarm x, when a client
+    cancels x with entities.cancel_alarm, then whichever comes first (the entity's flush
+    or the cancel's copy in its queue) x is not scheduled afterwards."""
+    eid = an_id("lazy_alarmed")
+    processor, epoch = setup(store)
+    processor.process([call("lazy_alarmed", eid, "schedule", "x", 3600)], epoch)
+    entities.cancel_alarm("lazy_alarmed", eid, "x")
+    if flush_first:
+        processor.flush(epoch)
+    drain(redis_client, processor, epoch)
+    processor.flush(epoch)
+    assert alarm_names(store, "lazy_alarmed", eid) == []
+
+
+def test_an_external_cancel_all_is_not_undone_by_older_unflushed_schedules(
+    store,  # type: ignore[no-untyped-def]
+    redis_client,
+) -> None:
+    """Given a relaxed entity holding unflushed alarms, when a client cancels all its
+    alarms, then none is scheduled after the entity's flush."""
+    eid = an_id("lazy_alarmed")
+    processor, epoch = setup(store)
+    processor.process([call("lazy_alarmed", eid, "schedule", "x", 3600)], epoch)
+    processor.process([call("lazy_alarmed", eid, "schedule", "y", 3600)], epoch)
+    entities.cancel_all_alarms("lazy_alarmed", eid)
+    drain(redis_client, processor, epoch)
+    processor.flush(epoch)
+    assert alarm_names(store, "lazy_alarmed", eid) == []
+
+
+def test_an_external_schedule_is_applied_in_order_and_creates_no_state(
+    store,  # type: ignore[no-untyped-def]
+    redis_client,
+) -> None:
+    """Given no entity, when a client schedules an alarm for it, then the alarm is stored at
+    once, its queued copy replaces it with the same time and payload, and no state exists."""
+    eid = an_id("alarmed")
+    processor, epoch = setup(store)
+    when = entities.schedule_alarm("alarmed", eid, "x", 3600, {"n": 1})
+    assert alarm_names(store, "alarmed", eid) == ["x"]
+    assert drain(redis_client, processor, epoch) == [None]
+    alarm = store.get_alarm("alarmed", eid, "x")
+    assert (alarm.fire_at, alarm.payload) == (when, {"n": 1})
+    assert store.load("alarmed", eid) is None
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"op": OP_SET_ALARM, "args": []},
+        {"op": OP_SET_ALARM, "args": ["", None]},
+        {"op": OP_SET_ALARM, "args": ["x", "tomorrow"]},
+        {"op": OP_SET_ALARM, "args": ["x", "2030-01-01T00:00:00"]},
+        {"op": OP_SET_ALARM, "args": ["x", 5]},
+        {"op": OP_CLEAR_ALARMS, "args": [1]},
+    ],
+)
+def test_a_malformed_external_alarm_change_gets_bad_message_and_changes_nothing(
+    store,  # type: ignore[no-untyped-def]
+    msg: dict[str, Any],
+) -> None:
+    """Given a runtime alarm message with wrong arguments, then its reply is BadMessage
+    and nothing is stored."""
+    eid = an_id("alarmed")
+    processor, epoch = setup(store)
+    [outcome] = processor.process([celery_message("alarmed", eid, msg)], epoch).outcomes
+    assert isinstance(outcome.error, BadMessage)
+    assert alarm_names(store, "alarmed", eid) == []
+
+
+@pytest.mark.no_services
+def test_in_the_harness_an_external_cancel_outlasts_an_older_unflushed_schedule() -> None:
+    """Given the test kit and a relaxed entity's unflushed alarm, when a client cancels it
+    and the entity flushes, then the alarm stays cancelled."""
+    from workers.testing import Harness
+
+    with Harness() as h:
+        h.call("lazy_alarmed", "e", "schedule", "x", 3600)
+        entities.cancel_alarm("lazy_alarmed", "e", "x")
+        h.flush()
+        assert h.alarms("lazy_alarmed", "e") == []

@@ -27,8 +27,9 @@ from typing import Any
 import orjson
 
 from entities import clock, codec, registry, telemetry
+from entities.alarm_ops import parse_set_alarm
 from entities.errors import BadMessage, StateError
-from entities.messages import OP_ALARM, OP_DELETE, Envelope
+from entities.messages import OP_ALARM, OP_CLEAR_ALARMS, OP_DELETE, OP_SET_ALARM, Envelope
 from entities.model import Entity
 from entities.settings import Settings
 from entities.store import (
@@ -124,6 +125,8 @@ class Applier:
             return Outcome.failure(env.task_id, env.bad, env.silent)
         if env.op == OP_ALARM:
             return self._alarm(env, staged)
+        if env.op in (OP_SET_ALARM, OP_CLEAR_ALARMS):
+            return self._external_alarm(env, staged)
         try:
             cls = registry.lookup(env.entity_type)
             if env.op == OP_DELETE:
@@ -237,6 +240,31 @@ class Applier:
         return Outcome(env.task_id, True, None, silent=env.silent)
 
     # -- alarms -----------------------------------------------------------------
+
+    def _external_alarm(self, env: Envelope, staged: dict[Key, Staged]) -> Outcome:
+        """Stages an alarm change made outside the entity, after every change it made before
+        (see :mod:`entities.alarm_ops`); commits with this batch, writing no state."""
+        try:
+            if env.op == OP_CLEAR_ALARMS:
+                if env.args or env.kwargs:
+                    raise BadMessage(f"{OP_CLEAR_ALARMS} takes no arguments")
+                change = None
+            else:
+                if env.kwargs:
+                    raise BadMessage(f"{OP_SET_ALARM} takes no keyword arguments")
+                change = parse_set_alarm(env.entity_type, env.entity_id, env.args)
+        except BadMessage as exc:
+            return Outcome.failure(env.task_id, exc, env.silent)
+        st = _stage(staged, env.key, None)
+        if change is None:
+            st.alarms.clear()
+        else:
+            st.alarms.set(change)
+        st.strict = True
+        st.processed.append(
+            Processed(env.task_id, env.entity_type, env.entity_id, self.partition, True, None)
+        )
+        return Outcome(env.task_id, True, None, silent=env.silent)
 
     def _alarm(self, env: Envelope, staged: dict[Key, Staged]) -> Outcome:
         """Fires one alarm scheduling, once: only if it is still the current scheduling."""

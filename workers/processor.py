@@ -299,6 +299,8 @@ class Processor:
         for key, s in staged.items():
             batch.alarm_outcomes.extend(s.alarm_outcomes)
             if not s.changed:
+                if s.processed:  # effects without a state (an external alarm change)
+                    now_strict[key] = s
                 continue
             live = cast(Live, s.live)  # a changed entity is loaded
             if s.strict or live.cls.__entity_options__.durability == "strict":
@@ -310,16 +312,19 @@ class Processor:
         if escalate:  # after the deferred effects, merged per entity (a delete clears them)
             for key, s in now_strict.items():
                 self.deferred.add(key, s)
-            touched = self._take_all_dirty(batch, skip=set(now_strict))
+            touched = self._take_all_dirty(
+                batch, skip={k for k, s in now_strict.items() if s.changed}
+            )
         else:  # only strict entities, which never have deferred effects
             for key, s in now_strict.items():
                 batch.processed.extend(s.processed)
                 s.alarms.into(key, batch)
                 batch.outbox.extend(s.outbox)
         for key, s in now_strict.items():
-            live = cast(Live, s.live)
-            batch.writes.append(_write(key, live))
-            touched.append((key, live))
+            if s.changed:
+                live = cast(Live, s.live)
+                batch.writes.append(_write(key, live))
+                touched.append((key, live))
         return touched
 
     def _take_all_dirty(

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from entities import clock, registry
-from entities.client import set_store
+from entities.client import set_alarm_op_sender, set_store
 from entities.migrate import upgrade
 from entities.model import Entity
 from entities.routing import partition_for
@@ -72,11 +72,13 @@ class Harness:
         self._unacked: dict[int, list[tuple[str, str, bytes]]] = collections.defaultdict(list)
         self._old_clock = clock.install(self.clock)
         self._old_store = set_store(self.store)
+        self._old_sender = set_alarm_op_sender(self._alarm_op)
 
     def close(self) -> None:
         """Restores the process's clock and store and deletes the harness's database."""
         clock.install(self._old_clock)
         set_store(self._old_store)
+        set_alarm_op_sender(self._old_sender)
         self.store.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -218,6 +220,14 @@ class Harness:
         task_id, (etype, eid, msg) = alarm_call(alarm)
         raw = celery_message(etype, eid, msg, task_id, ignore_result=True)
         return self._deliver(etype, eid, raw)
+
+    def _alarm_op(self, entity_type: str, entity_id: str, msg: dict[str, Any]) -> None:
+        """Applies an external alarm change (``entities.schedule_alarm`` ...) as a worker
+        would take it from the entity's queue."""
+        outcome = self._deliver(
+            entity_type, entity_id, celery_message(entity_type, entity_id, msg, ignore_result=True)
+        )
+        _reply(outcome)
 
     def _deliver(self, entity_type: str, entity_id: str, raw: bytes) -> Outcome:
         outcome, outbox = self._process(entity_type, entity_id, raw)
