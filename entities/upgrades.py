@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from entities import registry
-from entities.errors import FenceError, UpgradeError
+from entities.errors import UpgradeError
 from entities.model import Entity
-from entities.store import CommitBatch, Snapshot, Store, Write
+from entities.store import Snapshot, Store
 
 
 def upgrade_state(cls: type[Entity], snapshot: Snapshot) -> dict[str, Any]:
@@ -53,10 +53,12 @@ def rewrite_snapshots(
 ) -> int:
     """Rewrites every stored snapshot of a type that is older than the class's vsn.
 
-    Works in batches of ``batch_size`` ids, each one fenced commit: a snapshot
-    changed meanwhile by a worker is skipped for this pass (its worker writes
-    the current vsn with its change). ``progress(done, rewritten)`` is called
-    after each batch. Returns how many snapshots were rewritten.
+    Works in batches of ``batch_size`` ids. Each snapshot is replaced only if
+    the stored row is still exactly the one read (:meth:`Store.rewrite_snapshot`):
+    a snapshot changed meanwhile by a worker, or deleted and created again (which
+    may bring its version number back), is skipped for this pass (its worker
+    writes the current vsn with its change). ``progress(done, rewritten)`` is
+    called after each batch. Returns how many snapshots were rewritten.
     """
     from entities.client import get_store
 
@@ -76,12 +78,8 @@ def rewrite_snapshots(
             if snapshot.vsn == target:
                 continue  # current; a newer vsn raises in upgrade_state
             obj = cls.from_state(snapshot.entity_id, upgrade_state(cls, snapshot))
-            write = Write(name, snapshot.entity_id, snapshot.version, target, obj.encode_state())
-            try:
-                store.commit(CommitBatch(partition=-1, epoch=None, writes=[write]))
+            if store.rewrite_snapshot(snapshot, target, obj.encode_state()):
                 rewritten += 1
-            except FenceError:
-                continue
         done += len(ids)
         if progress is not None:
             progress(done, rewritten)

@@ -83,6 +83,24 @@ class TestStoreContract:
 
     # -- schema and partitions --------------------------------------------------
 
+    def test_rewrite_snapshot_replaces_only_the_row_that_was_read(self, backend: SQLStore) -> None:
+        """Given a snapshot read, then it is rewritten (next version) only while the stored
+        row is exactly that one: not after a change, nor after a delete and re-create."""
+        put(backend, "t", "a", 0, {"n": 1})
+        read = backend.load("t", "a")
+        assert backend.rewrite_snapshot(read, 2, {"n": 10})
+        assert (backend.load("t", "a").version, backend.load("t", "a").vsn) == (2, 2)
+        assert not backend.rewrite_snapshot(read, 2, {"n": 11})  # changed since
+        put(backend, "t", "b", 0, {"n": 1})
+        old = backend.load("t", "b")
+        put(backend, "t", "b", 1, None)
+        put(backend, "t", "b", 0, {"n": 2})  # version 1 again
+        assert not backend.rewrite_snapshot(old, 2, {"n": 10})
+        assert backend.load("t", "b").state == {"n": 2}
+        put(backend, "t", "b", 1, None)
+        assert not backend.rewrite_snapshot(old, 2, {"n": 10})  # gone
+        assert backend.load("t", "b") is None
+
     def test_check_schema_passes_on_a_migrated_database(self, backend: SQLStore) -> None:
         """Given a migrated database, when the schema is checked, then nothing is raised."""
         backend.check_schema()

@@ -59,3 +59,37 @@ def test_a_newer_stored_vsn_is_refused(store) -> None:  # type: ignore[no-untype
     put(store, "future", 4, {"label": "?"})
     with pytest.raises(UpgradeError, match="stored vsn 4 is newer than class vsn 3"):
         rewrite_snapshots(Tagged, store)
+
+
+class _RecreatedAfterRead:
+    """The store, except that each entity read is deleted and created again (its version
+    starting again at 1) as ``state`` at ``vsn`` before the reader can write it back."""
+
+    def __init__(self, store: Any, vsn: int, state: dict[str, Any]) -> None:
+        self._store, self._vsn, self._state = store, vsn, state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def load_many(self, keys: Any) -> Any:
+        found = self._store.load_many(keys)
+        for (entity_type, entity_id), old in found.items():
+            gone = Write(entity_type, entity_id, old.version, old.vsn, None)
+            again = Write(entity_type, entity_id, 0, self._vsn, self._state)
+            self._store.commit(CommitBatch(-1, None, writes=[gone]))
+            self._store.commit(CommitBatch(-1, None, writes=[again]))
+        return found
+
+
+@pytest.mark.parametrize("vsn", [1, 3], ids=["recreated-by-old-code", "recreated-by-new-code"])
+def test_a_delete_and_re_create_between_read_and_write_is_not_overwritten(
+    store,  # type: ignore[no-untyped-def]
+    vsn: int,
+) -> None:
+    """Given an old snapshot, when it is deleted and created again (at version 1 once
+    more) after the rewrite read it, then the rewrite leaves the new entity as it is."""
+    put(store, "e", 1, {"title": "old"})
+    new = {"title": "new"} if vsn == 1 else {"label": "new", "tags": ["n"]}
+    assert rewrite_snapshots(Tagged, _RecreatedAfterRead(store, vsn, new)) == 0
+    snapshot = store.load(Tagged.__entity_name__, "e")
+    assert (snapshot.version, snapshot.vsn, snapshot.state) == (1, vsn, new)

@@ -217,6 +217,17 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def rewrite_snapshot(self, snapshot: Snapshot, vsn: int, state: dict[str, Any]) -> bool:
+        """Replaces ``snapshot`` by ``state`` at ``vsn`` (and the next version) only if the
+        stored row is still exactly ``snapshot``; True if it was replaced.
+
+        Compared whole (version, vsn, state, updated_at), so a delete and a re-create
+        between the read and this write, which may bring the same version back, is
+        never overwritten. No epoch: a partition owner holding the entity in memory
+        is fenced by the version, so its next commit fails and reloads.
+        """
+
+    @abc.abstractmethod
     def list_ids(self, entity_type: str, limit: int = 100, after: str | None = None) -> list[str]:
         """Stored ids of ``entity_type`` in ascending order, after ``after``."""
 

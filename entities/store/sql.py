@@ -207,6 +207,20 @@ class SQLStore(AlarmTables, LetterTables, Store):
         rows = self._read(lambda c: c.execute(sa.select(t.snapshots).where(cond)).all())
         return {(r.entity_type, r.entity_id): self._snapshot(r) for r in rows}
 
+    def rewrite_snapshot(self, snapshot: Snapshot, vsn: int, state: dict[str, Any]) -> bool:
+        s = t.snapshots.c
+        key = (s.entity_type == snapshot.entity_type) & (s.entity_id == snapshot.entity_id)
+        with self._tx() as conn:
+            row = conn.execute(sa.select(t.snapshots).where(key).with_for_update()).first()
+            if row is None or self._snapshot(row) != snapshot:
+                return False
+            conn.execute(
+                sa.update(t.snapshots)
+                .where(key)
+                .values(version=snapshot.version + 1, vsn=vsn, state=state, updated_at=utcnow())
+            )
+        return True
+
     def list_ids(self, entity_type: str, limit: int = 100, after: str | None = None) -> list[str]:
         query = (
             sa.select(t.snapshots.c.entity_id)
