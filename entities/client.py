@@ -194,11 +194,23 @@ def retry_alarm(entity_type: str | type[Entity], entity_id: str, name: str) -> b
     """Schedules a failed or skipped alarm again, to fire now, as a new scheduling.
 
     The alarm keeps its payload and starts again with no attempts. Returns False
-    if the entity has no failed or skipped alarm ``name``.
+    if the entity has no failed or skipped alarm ``name``. Like
+    :func:`schedule_alarm`, it is applied in order with the entity's messages too.
     """
     _check_alarm_name(name)
-    again = get_store().retry_alarm(registry.type_name(entity_type), entity_id, name, clock.now())
-    return again is not None
+    etype = registry.type_name(entity_type)
+    kept = get_store().get_alarm(etype, entity_id, name)
+    if kept is None or kept.status not in ("failed", "skipped"):
+        return False
+    when = clock.now()
+    copy = AlarmChange(etype, entity_id, name, when, kept.payload)
+    _change_alarms(
+        etype,
+        entity_id,
+        set_alarm_msg(copy),
+        lambda s: s.retry_alarm(etype, entity_id, name, when),
+    )
+    return True
 
 
 class HandlerCall:

@@ -4,16 +4,19 @@ real Processor and a real Postgres store."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from typing import Any
 
 import pytest
 
 import entities
+from entities import clock
 from entities.errors import BadMessage
 from entities.messages import OP_CLEAR_ALARMS, OP_DELETE, OP_SET_ALARM
 from entities.routing import partition_for, queue_name
 from entities.settings import get_settings
+from entities.store import AlarmChange
 from entities.transport import celery_message
 from workers.alarms import alarm_call
 from workers.processor import Processor
@@ -253,3 +256,23 @@ def test_in_the_harness_an_external_cancel_outlasts_an_older_unflushed_schedule(
         entities.cancel_alarm("lazy_alarmed", "e", "x")
         h.flush()
         assert h.alarms("lazy_alarmed", "e") == []
+
+
+def test_an_external_retry_is_not_undone_by_an_older_unflushed_cancel(
+    store,  # type: ignore[no-untyped-def]
+    redis_client,
+) -> None:
+    """Given a relaxed entity holding an unflushed cancel of its skipped alarm x, when a
+    client retries x, then x is scheduled again after the entity's flush."""
+    eid = an_id("lazy_alarmed")
+    processor, epoch = setup(store)
+    now = clock.now()
+    store.set_alarm(AlarmChange("lazy_alarmed", eid, "x", now - dt.timedelta(hours=1), None))
+    [skipped] = store.claim_due_alarms(now, 10, 30.0, skip_before=now)
+    assert skipped.status == "skipped"
+    processor.process([call("lazy_alarmed", eid, "cancel", "x")], epoch)
+    assert entities.retry_alarm("lazy_alarmed", eid, "x")
+    drain(redis_client, processor, epoch)
+    processor.flush(epoch)
+    [again] = store.list_alarms("lazy_alarmed", eid)
+    assert (again.name, again.status, again.attempts) == ("x", "scheduled", 0)
