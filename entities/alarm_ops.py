@@ -1,14 +1,14 @@
 """Alarm changes made outside an entity, as runtime messages through its queue.
 
-``entities.schedule_alarm``, ``cancel_alarm`` and ``cancel_all_alarms`` write
-the store at once (so ``list_alarms`` sees the change and it holds with no
-worker running) and also send the same change through the entity's queue,
-where it is applied in order with the entity's messages. Invariant: an
-external change is never undone by a change the entity made before it. A
-relaxed entity's unflushed alarm change (made before the call) commits at the
-latest with the queued copy, which is staged after it and so wins; a firing
-the direct write cancelled or replaced may be queued only behind that copy
-(it is pushed first), so it meets the change staged or committed.
+``entities.schedule_alarm``, ``cancel_alarm``, ``cancel_all_alarms`` and
+``retry_alarm`` send the change through the entity's queue, then write the
+store (so ``list_alarms`` sees it at once, and it holds with no worker
+running). Invariant: an external change is never undone by a change the
+entity made before it. The queued copy is applied after every message the
+entity took before the call, so it is staged after any of its unflushed alarm
+changes and wins at their commit. A scheduling the direct write made is
+dispatched only after the copy was pushed, so its firing is queued behind the
+copy, which supersedes it: one scheduling of the change fires, once.
 """
 
 from __future__ import annotations
