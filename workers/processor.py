@@ -13,6 +13,13 @@ runner holds the broker acknowledgement until then, so a crash loses no
 message, only replies that were sent early (the messages are applied again on
 the last committed state). A handler that raises leaves the entity exactly as
 it was before the message.
+
+What a batch stages is what later messages see (see :mod:`workers.apply`);
+so is what relaxed entities hold unflushed: the applier consults the deferred
+alarm changes before the store. A commit that takes deferred effects puts them
+before the batch's own, merged per entity, so an entity's alarm changes and
+sends keep the order it made them in and a delete clears every alarm made
+before it.
 """
 
 from __future__ import annotations
