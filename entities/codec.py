@@ -14,9 +14,12 @@ names the field path and the value's type. So are values every backend cannot
 hold exactly: strings (and keys) with a NUL character or a lone surrogate,
 which Postgres refuses, and ints too long for a JSON parser to read back.
 
-Postgres stores JSON numbers as ``numeric`` and prints large floats without an
-exponent (``1e16`` comes back as the int ``10000000000000000``), so a value
-annotated ``float`` is rebuilt as a float from an int.
+Every store keeps the encoded JSON as its exact text (see
+:mod:`entities.store.schema`), so an encoded value reads back equal, in the
+same key order, with ints and floats as they were. Snapshots written before
+migration 0004 went through Postgres ``jsonb``, which prints large floats
+without an exponent (``1e16`` came back as the int ``10000000000000000``), so
+a value annotated ``float`` is still rebuilt as a float from an int.
 """
 
 from __future__ import annotations

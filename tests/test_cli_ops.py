@@ -88,6 +88,17 @@ def test_inspect_counts_queued_messages_of_one_entity_only() -> None:
     assert bounded["waiting"]["complete"] is False or bounded["waiting"]["queued"] <= 1
 
 
+def test_inspect_shows_the_state_exactly_as_stored(store) -> None:  # type: ignore[no-untyped-def]
+    """Given a state whose keys are out of alphabetical order and whose floats are whole,
+    then inspect --json prints it as stored: keys in their order, 1.0 as 1.0, -0.0 signed."""
+    state = {"count": 2, "pear": 1.0, "apple": {"z": -0.0, "a": 10**30}}
+    store.commit(CommitBatch(-1, None, writes=[Write("counter", "ordered", 0, 1, state)]))
+    result = run("inspect", "counter", "ordered", "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)["state"]
+    assert json.dumps(shown) == json.dumps(state)
+
+
 def test_ls_pages_through_the_stored_ids(store) -> None:  # type: ignore[no-untyped-def]
     """Given five stored counters, then ls lists them in pages that follow each other."""
     for i in range(5):

@@ -40,8 +40,8 @@ def to_jsonable(value: Any) -> Any:
 
 
 def echo_json(value: Any) -> None:
-    """Prints ``value`` as indented JSON."""
-    click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=True, default=str))
+    """Prints ``value`` as indented JSON, keys in their order (an entity's state as stored)."""
+    click.echo(json.dumps(to_jsonable(value), indent=2, default=str))
 
 
 def when(value: dt.datetime | None) -> str:

@@ -2,19 +2,50 @@
 
 Every table that grows with traffic carries the partition number (or the entity
 key it derives from), so Postgres can hash-partition it by partition later.
+
+Every JSON column keeps the exact text written to it (migration 0004), so what
+the codec encodes reads back equal and in the same order: keys in their order,
+1.0 a float and 1 an int, -0.0 with its sign, ints of any length. Postgres
+columns are ``json``, which stores the text as given and still answers ``->``
+and ``->>`` (``jsonb`` reorders keys and turns numbers into ``numeric``);
+SQLite columns are ``TEXT`` (a column declared ``JSON`` has numeric affinity,
+which turns a top-level ``1.0`` into the integer 1 and ``2**70`` into a float).
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON as PGJSON
+from sqlalchemy.engine import Dialect
 
 #: The Alembic revision this code expects; `entities migrate` brings a database to it.
-HEAD_REVISION = "0003_commit_fences"
+HEAD_REVISION = "0004"
 
 metadata = sa.MetaData()
 
-JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+def dumps(value: Any) -> str:
+    """The JSON text a store writes: compact, standard library, no NaN or infinity."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+class JSONText(sa.types.TypeDecorator[Any]):
+    """JSON in a TEXT column (SQLite): written with :func:`dumps`, read with ``json.loads``."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str:
+        return dumps(value)  # None is stored as JSON null, as sa.JSON does
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+JSONType = JSONText().with_variant(PGJSON(), "postgresql")
 TS = sa.DateTime(timezone=True)
 
 #: Entity keys compare by code point on every backend (Postgres: collation "C"), so

@@ -12,7 +12,6 @@ letters live in their own modules (``sql_alarms``, ``sql_letters``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -48,7 +47,7 @@ from entities.store.sql_support import (
 _UPDATE_MANY = sa.text(
     """
     UPDATE entity_snapshots AS s
-    SET version = v.expected + 1, vsn = v.vsn, state = CAST(v.state AS JSONB),
+    SET version = v.expected + 1, vsn = v.vsn, state = CAST(v.state AS JSON),
         updated_at = :now
     FROM unnest(:types, :ids, :expected, :vsns, :states)
         AS v(entity_type, entity_id, expected, vsn, state)
@@ -92,7 +91,11 @@ def make_engine(url: str, pool_size: int = 8, pre_ping: bool = True) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return sa.create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=pre_ping,
+        json_serializer=t.dumps,
     )
 
 
@@ -391,7 +394,7 @@ class SQLStore(AlarmTables, LetterTables, Store):
                             p.entity_id,
                             p.partition,
                             p.ok,
-                            json.dumps(p.reply, separators=(",", ":")),
+                            t.dumps(p.reply),
                             now,
                         )
                     )
@@ -446,7 +449,7 @@ class SQLStore(AlarmTables, LetterTables, Store):
                 "ids": [w.entity_id for w in updates],
                 "expected": [w.expected_version for w in updates],
                 "vsns": [w.vsn for w in updates],
-                "states": [json.dumps(w.state, separators=(",", ":")) for w in updates],
+                "states": [t.dumps(w.state) for w in updates],
                 "now": now,
             }
             update = conn.execute(_UPDATE_MANY, params)

@@ -1,8 +1,10 @@
 """A worker's fenced commit as one Postgres statement: one round trip, one transaction.
 
 The usual batch (the epoch fence, new and updated snapshots, the
-processed-message records) is one statement of data-modifying CTEs, run in
-autocommit so it is its own transaction: no BEGIN, no COMMIT, no check
+processed-message records) is one statement of data-modifying CTEs fed by
+three ``json`` parameters (never cast through ``jsonb``, so every state and
+reply is stored as the exact text sent: see :mod:`entities.store.schema`), run
+in autocommit so it is its own transaction: no BEGIN, no COMMIT, no check
 between statements. The checks run in the server and abort the statement, so
 nothing of the batch is committed when one fails; the caller learns which from
 the error:
@@ -23,7 +25,6 @@ general path in :mod:`entities.store.sql`.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
@@ -31,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from entities.errors import FenceError, StoreError
 from entities.store.base import CommitBatch
+from entities.store.schema import dumps
 from entities.store.sql_support import DRIVER_DATA_ERRORS
 
 if TYPE_CHECKING:
@@ -40,27 +42,29 @@ if TYPE_CHECKING:
 STALE_EPOCH, STALE_VERSION = "EN001", "EN002"
 
 #: One fixed statement for every batch (prepared once per connection by psycopg).
-#: The batch travels as one JSON document: one parameter to adapt, whatever its size.
+#: The batch travels as three JSON documents (new snapshots, updates, processed
+#: records), each parsed once by json_to_recordset. They stay ``json``, never
+#: ``jsonb``: a cast through jsonb would reorder the keys of every state and reply
+#: and renumber their floats, and json hands each state's and reply's text to its
+#: ``json`` column exactly as it was sent.
 _COMMIT = """
-WITH batch AS (
-    SELECT CAST(%(batch)s AS JSONB) AS doc
-), created AS (
+WITH created AS (
     INSERT INTO entity_snapshots (entity_type, entity_id, version, vsn, state, updated_at)
     SELECT n.t, n.i, 1, n.v, n.s, %(now)s::timestamptz
-    FROM batch, jsonb_to_recordset(batch.doc->'new') AS n(t text, i text, v int, s jsonb)
+    FROM json_to_recordset(%(new)s::json) AS n(t text, i text, v int, s json)
     RETURNING 1
 ), updated AS (
     UPDATE entity_snapshots AS s
     SET version = u.e + 1, vsn = u.v, state = u.s, updated_at = %(now)s::timestamptz
-    FROM batch, jsonb_to_recordset(batch.doc->'old') AS u(t text, i text, e bigint, v int, s jsonb)
+    FROM json_to_recordset(%(old)s::json) AS u(t text, i text, e bigint, v int, s json)
     WHERE s.entity_type = u.t AND s.entity_id = u.i AND s.version = u.e
     RETURNING 1
 ), recorded AS (
     INSERT INTO entity_processed
         (message_id, entity_type, entity_id, partition, ok, reply, processed_at)
     SELECT p.m, p.t, p.i, p.p, p.ok, p.r, %(now)s::timestamptz
-    FROM batch, jsonb_to_recordset(batch.doc->'processed')
-        AS p(m text, t text, i text, p int, ok bool, r jsonb)
+    FROM json_to_recordset(%(processed)s::json)
+        AS p(m text, t text, i text, p int, ok bool, r json)
     RETURNING 1
 )
 SELECT
@@ -116,7 +120,7 @@ def commit(engine: Engine, batch: CommitBatch, now: dt.datetime) -> None:
 def _params(batch: CommitBatch, now: dt.datetime) -> dict[str, Any]:
     new = [w for w in batch.writes if w.expected_version == 0]
     old = [w for w in batch.writes if w.expected_version > 0]
-    doc = {
+    parts = {
         "new": [{"t": w.entity_type, "i": w.entity_id, "v": w.vsn, "s": w.state} for w in new],
         "old": [
             {
@@ -141,11 +145,11 @@ def _params(batch: CommitBatch, now: dt.datetime) -> dict[str, Any]:
         ],
     }
     try:
-        text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+        texts = {name: dumps(rows) for name, rows in parts.items()}
     except DRIVER_DATA_ERRORS as exc:
         raise StoreError(f"the state store cannot take this data: {exc}") from exc
     return {
-        "batch": text,
+        **texts,
         "now": now,
         "partition": batch.partition,
         "epoch": batch.epoch,
