@@ -4,10 +4,12 @@ what a failed commit does to changes still waiting for their flush."""
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
 
+from entities import Entity, field, handler, read
 from entities.errors import FenceError
 from entities.routing import partition_for
 from entities.settings import get_settings
@@ -85,3 +87,34 @@ def test_a_conflict_while_relaxed_changes_wait_drops_them_and_says_so(store) -> 
     assert store.load("counter", cid).state == {"count": 11}
     processor.flush(epoch)
     assert store.load("slow_flush_counter", sid).state == {"count": 1}
+
+
+class Basket(Entity, name="test_exact_basket"):
+    """State and replies whose key order and floats must survive the store."""
+
+    items: dict[str, int] = field(default_factory=dict)
+    ratio: float = 1.0
+
+    @handler
+    def add(self, name: str, n: int) -> dict[str, Any]:
+        self.items[name] = self.items.get(name, 0) + n
+        return {"items": self.items, "ratio": self.ratio}
+
+
+def test_state_and_recorded_replies_keep_key_order_and_floats(store) -> None:  # type: ignore[no-untyped-def]
+    """Given a basket that gets an apple and then a pear, then the stored state lists the
+    apple first (Postgres jsonb listed the pear first), and a resend of the second message
+    gets its recorded reply in the same order, with 1.0 still a float."""
+    [bid] = ids_in_partition("test_exact_basket", 1)
+    epoch = store.claim_partition(PARTITION, "test")
+    processor = Processor(PARTITION, store, get_settings())
+    apple = celery_message("test_exact_basket", bid, {"op": "add", "args": ["apple", 2]})
+    pear = celery_message("test_exact_basket", bid, {"op": "add", "args": ["pear", 1]}, "pear-1")
+    expected = {"items": {"apple": 2, "pear": 1}, "ratio": 1.0}
+    assert json.dumps(replies(processor.process([apple, pear], epoch))[1]) == json.dumps(expected)
+
+    assert json.dumps(read("test_exact_basket", bid).state) == json.dumps(expected)
+    fresh = Processor(PARTITION, store, get_settings())  # nothing in memory: from the store
+    resend = celery_message("test_exact_basket", bid, {"op": "add", "args": ["pear", 1]}, "pear-1")
+    [reply] = replies(fresh.process([resend], epoch))
+    assert json.dumps(reply) == json.dumps(expected)
