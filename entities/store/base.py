@@ -4,6 +4,11 @@ One interface, two implementations on SQLAlchemy 2 (Postgres through psycopg 3
 for production, SQLite for the test kit), both passing one contract suite
 (tests/test_store_contract.py). Every method translates driver errors into
 :class:`~entities.errors.StoreError`; callers never see a driver exception.
+
+Every JSON value a commit writes (a state, a reply, an alarm payload, an outbox
+message) reads back exactly: equal, with the same types (1.0 a float, 1 an
+int), the same float signs and the dict keys in the same order
+(tests/test_exact_json.py holds every backend to it over the codec's values).
 """
 
 from __future__ import annotations
