@@ -16,6 +16,20 @@ TASK_NAME = "entities.send_to_entity"
 #: The prefix of every Redis key this project owns besides the partition queues.
 KEY_PREFIX = "entities"
 
+#: Celery's default queue, where a client without our router publishes; one worker at
+#: a time forwards it to the partitions (workers.forwarder), no Celery consumer reads it.
+DEFAULT_QUEUE = "celery"
+
+#: The queue of this app's other tasks (alarm dispatch), read by the workers' Celery
+#: consumer; it is the app's ``task_default_queue``.
+TASKS_QUEUE = f"{KEY_PREFIX}.tasks"
+
+#: The Redis key whose value is the token of the worker forwarding the default queue.
+FORWARDER_LEASE_KEY = f"{KEY_PREFIX}.default.lease"
+
+#: The Redis list of default-queue messages fetched but not yet forwarded.
+FORWARDER_INFLIGHT_KEY = f"{KEY_PREFIX}.default.inflight"
+
 
 def partition_for(entity_type: str, entity_id: str, partitions: int) -> int:
     """The partition (0..partitions-1) that serves ``(entity_type, entity_id)``."""

@@ -19,7 +19,7 @@ from kombu import Exchange, Queue
 
 from entities.errors import ConfigurationError
 from entities.messages import validate_id
-from entities.routing import TASK_NAME, partition_for, queue_name
+from entities.routing import TASK_NAME, TASKS_QUEUE, partition_for, queue_name
 from entities.settings import Settings, get_settings
 
 #: The Celery task that claims due alarms and sends them to their entities.
@@ -180,6 +180,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "task_routes": (route_task,),
+        # Celery's default queue ("celery") is forwarded by one worker at a time, in
+        # order (workers.forwarder); this app's other tasks have a queue of their own.
+        "task_default_queue": TASKS_QUEUE,
         "result_expires": int(settings.result_expires_s),
         "broker_connection_retry_on_startup": True,
         "worker_prefetch_multiplier": 4,

@@ -82,7 +82,9 @@ def clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
 class WorkerProcess:
     """A real `celery -A workers worker` process."""
 
-    def __init__(self, env: dict[str, str], name: str) -> None:
+    def __init__(
+        self, env: dict[str, str], name: str, pool: str = "solo", concurrency: int = 1
+    ) -> None:
         self.log_path = Path(os.environ.get("PYTEST_WORKER_LOGS", "/tmp")) / f"{name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
@@ -94,9 +96,9 @@ class WorkerProcess:
                 "workers",
                 "worker",
                 "-P",
-                "solo",
+                pool,
                 "-c",
-                "1",
+                str(concurrency),
                 "-l",
                 "info",
                 "-n",
@@ -147,12 +149,19 @@ class Workers:
         self.procs: list[WorkerProcess] = []
         self.tmp_path = tmp_path
 
-    def start(self, n: int = 1, wait: bool = True, **env_overrides: str) -> list[WorkerProcess]:
+    def start(
+        self,
+        n: int = 1,
+        wait: bool = True,
+        pool: str = "solo",
+        concurrency: int = 1,
+        **env_overrides: str,
+    ) -> list[WorkerProcess]:
         env = {**os.environ, **env_overrides}
         started = []
         for _ in range(n):
             name = f"w{len(self.procs) + 1}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
-            proc = WorkerProcess(env, name)
+            proc = WorkerProcess(env, name, pool, concurrency)
             self.procs.append(proc)
             started.append(proc)
         if wait:

@@ -98,6 +98,13 @@ class Sender(Entity, name="sender"):
         return self.sent
 
     @handler
+    def relay(self, target_id: str, seq: int) -> int:
+        """Sends ``seq`` to a recorder: the order it arrives in is the order of the sends."""
+        self.sent += 1
+        self.send("recorder", target_id, {"op": "record", "args": [seq]})
+        return self.sent
+
+    @handler
     def forward_then_fail(self, target_id: str) -> None:
         self.send("counter", target_id, {"op": "increment"})
         raise RuntimeError("changed my mind")

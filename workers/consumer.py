@@ -1,4 +1,10 @@
-"""The Celery consumer of the default queue, hardened: garbage is dead-lettered, never fatal.
+"""The Celery consumer of this app's tasks queue, hardened: garbage is dead-lettered, never fatal.
+
+Workers run Celery's consumer only for this app's own tasks (alarm dispatch),
+on :data:`~entities.routing.TASKS_QUEUE`. Celery's default queue, where
+clients without our router send, is forwarded by :mod:`workers.forwarder`
+(one worker at a time, in order), which screens its messages with
+:func:`screen_envelope` and the partition owners' rules.
 
 A stock Celery worker (celery 5.7, kombu 5.7, Redis) exits with "Unrecoverable
 error" when one of these reaches a queue it consumes: text that is not JSON;
@@ -8,7 +14,7 @@ is None or not a str; a protocol-2 body that is not an ``[args, kwargs,
 embed]`` triple; non-list ``stamped_headers``. With late acknowledgement the
 failing message is restored to the queue and stops the next worker too.
 
-Here every message on the default queue is checked twice, with the rules the
+Here every message on the tasks queue is checked twice, with the rules the
 partition owners apply (:func:`entities.messages.parse_envelope`):
 
 1. As it leaves Redis (:class:`ScreeningChannel`): an item kombu could not turn
@@ -18,7 +24,9 @@ partition owners apply (:func:`entities.messages.parse_envelope`):
    unknown task, a refused content type such as pickle) or answered with
    ``BadMessage`` (a well-formed call with a malformed entity message), and
    acknowledged. Other tasks of this app (alarm dispatch) go to Celery as
-   usual. Anything Celery's strategy still raises is dead-lettered too.
+   usual. Anything Celery's strategy still raises is dead-lettered too. (A
+   ``send_to_entity`` call sent to this queue explicitly is forwarded by the
+   task body, in the pool: no order holds for such calls.)
 
 Dead letters go to the state store with the queue name and the reason; if the
 store is unreachable the message is logged (truncated) and dropped, since a
@@ -27,6 +35,7 @@ message no worker can read would only circle back.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Callable
@@ -56,6 +65,19 @@ DeadLetterSink = Callable[[str, bytes, str], None]
 
 def screen(raw: bytes, channel: Any) -> str | None:
     """Why kombu could not read this popped item as a message; None if it can."""
+    reason = screen_envelope(raw)
+    if reason is not None:
+        return reason
+    try:
+        channel.Message(kombu_loads(raw.decode("utf-8")), channel=channel)
+    except Exception as exc:
+        return f"not a Celery message: kombu cannot read it ({exc!r})"
+    return None
+
+
+def screen_envelope(raw: bytes) -> str | None:
+    """Why this item is no kombu Redis envelope (kombu's own rules, with no channel);
+    None if it is one."""
     try:
         payload = kombu_loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -69,10 +91,14 @@ def screen(raw: bytes, channel: Any) -> str | None:
         return "not a Celery message: no properties object with a delivery tag"
     if payload.get("headers") is not None and not isinstance(payload["headers"], dict):
         return "not a Celery message: headers are not an object"
-    try:
-        channel.Message(payload, channel=channel)
-    except Exception as exc:
-        return f"not a Celery message: kombu cannot read it ({exc!r})"
+    encoding, body = props.get("body_encoding"), payload.get("body")
+    if body and encoding:  # what kombu's virtual channel does with the body
+        if encoding != "base64":
+            return f"not a Celery message: kombu cannot read it (body encoding {encoding!r})"
+        try:
+            base64.b64decode(body)
+        except (ValueError, TypeError) as exc:
+            return f"not a Celery message: kombu cannot read it (invalid base64: {exc})"
     return None
 
 

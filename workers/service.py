@@ -44,6 +44,7 @@ from entities.settings import Settings
 from entities.store import OutboxMessage, SQLStore, Store
 from entities.store.sql import make_engine
 from workers.broker import PartitionQueues, redis_from_url
+from workers.forwarder import DefaultQueueForwarder
 from workers.processor import Processor
 from workers.replies import ReplyWriter
 from workers.runner import PartitionRunner
@@ -138,6 +139,10 @@ class PartitionService:
         self.store_ok = True
         self.withdrawn = False  # out of the registry while the store is unreachable
         self._store_ok_at = self._store_probed_at = time.monotonic()
+        # Every worker runs one; the one holding the default queue's lease forwards it.
+        self.forwarder = DefaultQueueForwarder(
+            self.redis, f"{self.worker_id}|default", settings, app, self.store, self.replies
+        )
 
     @property
     def ttl_ms(self) -> int:
@@ -162,6 +167,7 @@ class PartitionService:
         self.live = self._heartbeat()
         self._beat.start()
         self._balance.start()
+        self.forwarder.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finishes every batch in hand, releases every lease and leaves the registry.
@@ -171,10 +177,13 @@ class PartitionService:
         last batch and released its lease.
         """
         self._stopping.set()
+        self.forwarder.stop()
         try:
             self.redis.zrem(WORKERS_KEY, self.worker_id)
         except Exception:
             log.warning("could not leave the worker registry", exc_info=True)
+        if self.forwarder.is_alive():
+            self.forwarder.join(timeout_s)
         if self._balance.is_alive():
             self._balance.join(timeout_s)
         with self._lock:
@@ -424,6 +433,8 @@ class PartitionService:
             "unacked": pending,
             "applied": applied,
             "conflicts": conflicts,
+            "forwarding": self.forwarder.holding,
+            "forwarded": self.forwarder.forwarded,
             **dataclasses.asdict(self.counters),
             "at": time.time(),
         }

@@ -3,8 +3,10 @@
 A call through our router is published straight to its partition queue and
 served by the partition owner; the task body never runs for it. A call that
 reached Celery's default queue (a client without our router, e.g. in another
-language, sending by task name) runs the body in an ordinary worker, which
-forwards it to its partition keeping its task id, so the reply arrives as usual.
+language, sending by task name) is forwarded unchanged to its partition, in
+order, by :mod:`workers.forwarder`; the body never runs for it either. The body
+runs only for a call sent explicitly to this app's tasks queue, and forwards
+it keeping its task id, so the reply arrives as usual.
 """
 
 from __future__ import annotations
