@@ -429,6 +429,8 @@ class TestStoreContract:
         backend.commit(CommitBatch(3, None, outbox=[OutboxMessage("o3", 3, "t", "x", {"op": "d"})]))
         assert [m.message_id for m in backend.pending_outbox(3)] == ["o1", "o2", "o3"]
         assert backend.pending_outbox(3)[1].msg == {"op": "b", "args": [1]}
+        committed_at = backend.pending_outbox(3)[0].created_at
+        assert committed_at is not None and committed_at.utcoffset() == dt.timedelta(0)
         assert [m.message_id for m in backend.pending_outbox(3, limit=2)] == ["o1", "o2"]
         assert [m.message_id for m in backend.pending_outbox(4)] == ["o9"]
         backend.forget_outbox(["o1", "o3"])

@@ -30,6 +30,7 @@ from entities.routing import queue_name
 from entities.store import CommitBatch, DeadLetter, OutboxMessage
 from workers.broker import NO_REPLIES, Fetched, PartitionQueues, Replies
 from workers.holds import Holds
+from workers.outbox import OutboxPublisher, Publisher
 from workers.processor import Outcome, Processor
 from workers.replies import ReplyWriter
 
@@ -44,7 +45,7 @@ POISON_STRIKES = 3
 #: Backoff bounds in seconds after an infrastructure error.
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
 
-Publisher = Callable[[list[OutboxMessage]], None]
+__all__ = ["LeaseLost", "PartitionRunner", "Publisher"]
 
 
 class LeaseLost(Exception):
@@ -75,13 +76,14 @@ class PartitionRunner(threading.Thread):
         self.queues = queues
         self.processor = processor
         self.replies = replies
-        self.publish_outbox = publish
         self.batch_size = batch_size
         self.on_exit = on_exit
         self._stopping = threading.Event()
         self.applied = 0
         self.pending = 0  # oldest in-flight messages applied but not acknowledged
-        self._outbox_backlog = True  # a previous owner may have left messages to publish
+        self.outbox = OutboxPublisher(
+            partition, processor.store, processor.settings, publish, self._stopping
+        )
         self.holds = Holds(queues.client, partition)
         # A message that makes applying fail for a reason that is not the store's or the
         # broker's (a bug) would otherwise be retried forever and stall the partition:
@@ -156,8 +158,8 @@ class PartitionRunner(threading.Thread):
     def _step(self) -> bool:
         """One iteration; False if the lease is lost."""
         self._timers()
-        if self._outbox_backlog:
-            self._publish_backlog()
+        if self.outbox.backlog:
+            self.outbox.publish_backlog()  # a predecessor's rows go out before any of ours
         fetched = self._exchange()
         if fetched is None:
             return False
@@ -249,22 +251,7 @@ class PartitionRunner(threading.Thread):
         return True
 
     def _publish(self, outbox: list[OutboxMessage]) -> None:
-        if not outbox:
-            return
-        try:
-            self.publish_outbox(outbox)
-        except Exception:
-            log.warning(
-                "partition %s: outbox publish failed; will retry", self.partition, exc_info=True
-            )
-            self._outbox_backlog = True
-            return
-        self.processor.store.forget_outbox([m.message_id for m in outbox])
-
-    def _publish_backlog(self) -> None:
-        pending = self.processor.store.pending_outbox(self.partition)
-        self._outbox_backlog = False
-        self._publish(pending)
+        self.outbox.publish(outbox)
 
     def _strike(self, exc: BaseException) -> None:
         """Counts an unexpected failure; isolates, then dead-letters, a poison message."""

@@ -82,6 +82,7 @@ class OutboxMessage:
     entity_type: str
     entity_id: str
     msg: dict[str, Any]
+    created_at: dt.datetime | None = None  # when its commit happened (set when read back)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +305,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def pending_outbox(self, partition: int, limit: int = 500) -> list[OutboxMessage]:
-        """Outbox messages of ``partition`` not yet published, in commit order (not clock order)."""
+        """Outbox messages of ``partition`` not yet published, the ``limit`` oldest, in commit
+        order (not clock order), each with the time of its commit."""
 
     @abc.abstractmethod
     def forget_outbox(self, message_ids: Sequence[str]) -> None:

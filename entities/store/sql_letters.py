@@ -23,7 +23,9 @@ class LetterTables(SQLTables):
         )
         rows = self._read(lambda c: c.execute(query).all())
         return [
-            OutboxMessage(r.message_id, r.partition, r.entity_type, r.entity_id, r.msg)
+            OutboxMessage(
+                r.message_id, r.partition, r.entity_type, r.entity_id, r.msg, _aware(r.created_at)
+            )
             for r in rows
         ]
 
