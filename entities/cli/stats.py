@@ -10,7 +10,15 @@ from rich.table import Table
 from entities.cli._output import console, echo_json, entity_errors, json_option, when
 
 #: Worker counters shown as columns, in order (all published by each worker).
-WORKER_COLUMNS = ("resident", "hibernated", "unacked", "applied", "conflicts", "zombie_events")
+WORKER_COLUMNS = (
+    "resident",
+    "hibernated",
+    "unacked",
+    "applied",
+    "conflicts",
+    "zombie_events",
+    "forwarded",  # messages this worker forwarded from Celery's default queue
+)
 
 
 @click.command(name="stats")
