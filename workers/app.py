@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
+from entities.routing import DEFAULT_QUEUE, TASKS_QUEUE
 from entities.settings import get_settings
 from entities.transport import ensure_broker
 
@@ -14,6 +15,10 @@ log = logging.getLogger(__name__)
 
 app = Celery("entities")
 app.config_from_object("celeryconfig")
+# Celery's default queue is forwarded in order, one worker at a time (workers.forwarder);
+# this app's own tasks never share it, whatever configuration was loaded.
+if app.conf.task_default_queue == DEFAULT_QUEUE:
+    app.conf.task_default_queue = TASKS_QUEUE
 # Dead-letters unreadable messages on the default queue instead of stopping the worker.
 app.conf.worker_consumer = "workers.consumer:Consumer"
 
@@ -58,5 +63,20 @@ def _start_embedded_broker(**_: Any) -> None:
     ensure_broker(get_settings())
 
 
+def _leave_the_default_queue(instance: Any = None, **_: Any) -> None:
+    """Keeps Celery's consumer off Celery's default queue even under ``-Q celery``: its
+    pool would run the calls in parallel, and the forwarder reads that queue in order."""
+    queues = instance.app.amqp.queues
+    if DEFAULT_QUEUE in queues.consume_from:
+        log.warning(
+            "not consuming %r with Celery's consumer: one worker at a time forwards it in "
+            "order; this app's tasks are on %r",
+            DEFAULT_QUEUE,
+            TASKS_QUEUE,
+        )
+        queues.deselect(DEFAULT_QUEUE)
+
+
+signals.celeryd_after_setup.connect(_leave_the_default_queue, weak=False)
 signals.worker_init.connect(_start_embedded_broker, weak=False)
 signals.beat_init.connect(_start_embedded_broker, weak=False)
