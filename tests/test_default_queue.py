@@ -19,7 +19,7 @@ from celery.result import AsyncResult
 
 from entities import read
 from entities.inspect import lease_owner
-from entities.routing import TASK_NAME
+from entities.routing import TASK_NAME, partition_for, queue_name
 from tests.lifecycle import eventually
 from tests.test_cluster_kit import envelope
 
@@ -109,3 +109,41 @@ def test_an_alarm_dispatch_on_the_default_queue_still_runs(workers, redis_client
     schedule_alarm("alarmed", "a1", "ring", 0)
     redis_client.lpush("celery", envelope([], task=DISPATCH_ALARMS_TASK))
     eventually(lambda: (s := read("alarmed", "a1")) is not None and s.state["fired"])
+
+
+def test_a_forwarder_that_lost_its_lease_moves_nothing_and_the_next_forwards_in_order(  # type: ignore[no-untyped-def]
+    redis_client, store
+) -> None:
+    """Given forwarder A holding the default queue's lease and three sends queued, when A's
+    lease passes to B between A's fetch and its settle, then A forwards nothing, and B
+    forwards the three, once each, in send order."""
+    from entities.routing import FORWARDER_INFLIGHT_KEY, FORWARDER_LEASE_KEY
+    from entities.settings import get_settings
+    from workers import app
+    from workers.forwarder import DefaultQueueForwarder
+    from workers.replies import ReplyWriter
+
+    def forwarder(token: str) -> DefaultQueueForwarder:
+        return DefaultQueueForwarder(
+            redis_client, token, get_settings(), app, store, ReplyWriter(app.backend)
+        )
+
+    a, b = forwarder("a"), forwarder("b")
+    redis_client.set(FORWARDER_LEASE_KEY, "a")
+    sent = [record("lease-fence", i, f"fence-{i}") for i in range(3)]
+    for raw in sent:
+        redis_client.lpush("celery", raw)
+    assert b.step() is False
+    route = a._destination
+
+    def stolen(raw: bytes) -> str | None:
+        redis_client.set(FORWARDER_LEASE_KEY, "b")
+        return route(raw)
+
+    a._destination = stolen  # type: ignore[method-assign]
+    assert a.step() is False
+    assert redis_client.llen(FORWARDER_INFLIGHT_KEY) == 3
+    assert b.step() is True
+    queue = queue_name(partition_for("recorder", "lease-fence", 16))
+    assert redis_client.lrange(queue, 0, -1) == list(reversed(sent))  # LPUSHed oldest first
+    assert redis_client.llen(FORWARDER_INFLIGHT_KEY) == redis_client.llen("celery") == 0

@@ -206,7 +206,16 @@ class DefaultQueueForwarder(threading.Thread):
         return True
 
     def _destination(self, raw: bytes) -> str | None:
-        """Where one message goes (None: answered or dead-lettered here instead)."""
+        """Where one message goes (None: answered or dead-lettered here instead); never
+        raises, so no message can stop the queue."""
+        try:
+            return self._route(raw)
+        except Exception as exc:  # a bug: the message must not block the ones behind it
+            log.exception("could not forward a message from the default queue")
+            self._dead_letter(raw, f"the default queue's forwarder could not handle it: {exc!r}")
+            return None
+
+    def _route(self, raw: bytes) -> str | None:
         unreadable = screen_envelope(raw)
         if unreadable is not None:
             self._dead_letter(raw, unreadable)
@@ -227,7 +236,10 @@ class DefaultQueueForwarder(threading.Thread):
 
     def _reply(self, task_id: str, silent: bool, reason: str) -> None:
         if task_id and not silent:
-            self.replies.write([Outcome.failure(task_id, BadMessage(reason))])
+            try:
+                self.replies.write([Outcome.failure(task_id, BadMessage(reason))])
+            except Exception:
+                log.warning("could not store the BadMessage reply of %s", task_id, exc_info=True)
 
     def _dead_letter(self, raw: bytes, reason: str) -> None:
         """Keeps a message nobody can process, with the reason; logs it if the store fails
