@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from entities.errors import BadMessage
+from entities.errors import BadMessage, MessageError, UnknownHandler
 from entities.model import DURABILITIES
 from entities.routing import TASK_NAME
 
@@ -55,7 +55,11 @@ def validate_id(what: str, value: Any, max_length: int = MAX_ID_LENGTH) -> str:
 def validate_message(
     entity_type: Any, entity_id: Any, msg: Any
 ) -> tuple[str, list[Any], dict[str, Any]]:
-    """Checks a message's shape; returns (op, args, kwargs) or raises BadMessage."""
+    """Checks a message's shape; returns (op, args, kwargs).
+
+    Raises BadMessage for a malformed message, UnknownHandler for an op that
+    can be no handler (one starting with ``_`` that is not a runtime op).
+    """
     validate_id("entity type", entity_type)
     validate_id("entity id", entity_id)
     if not isinstance(msg, dict):
@@ -69,7 +73,9 @@ def validate_message(
     if not isinstance(op, str) or not op:
         raise BadMessage(f"a message needs 'op', the handler name as a str; got {op!r}")
     if op.startswith("_") and op not in RUNTIME_OPS:
-        raise BadMessage(f"op {op!r} is not a handler name (handler names do not start with _)")
+        raise UnknownHandler(
+            f"entity type {entity_type!r} has no handler {op!r} (handler names never start with _)"
+        )
     args = msg.get("args", [])
     kwargs = msg.get("kwargs", {})
     if not isinstance(args, list):
@@ -86,7 +92,7 @@ class Envelope:
     ``raw`` is the exact bytes read from the broker. When the envelope could not
     be understood, ``error`` says why and the message is dead-lettered; an
     envelope whose entity message is malformed keeps its task id and gets a
-    BadMessage reply instead (``bad``).
+    BadMessage (or UnknownHandler) reply instead (``bad``).
     """
 
     raw: bytes
@@ -99,7 +105,7 @@ class Envelope:
     durability: str | None = None
     headers: dict[str, Any] = dataclasses.field(default_factory=dict)
     error: str | None = None
-    bad: BadMessage | None = None
+    bad: MessageError | None = None
     silent: bool = False  # the sender asked for no reply (Celery's ignore_result)
 
     @property
@@ -216,6 +222,6 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
                 f"durability must be one of {DURABILITIES} or None, got {durability!r}"
             )
         env.durability = durability
-    except BadMessage as exc:
+    except MessageError as exc:
         env.bad = exc
     return env

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from entities import BadMessage
+from entities import BadMessage, UnknownHandler
 from entities.messages import parse_envelope, validate_id, validate_message
 from tests.delivery import envelope, queue_of
 
@@ -157,8 +157,10 @@ def test_fine_ids_pass_unchanged() -> None:
         assert validate_id("entity id", value) == value
 
 
-def test_runtime_ops_are_allowed_but_other_private_ops_are_not() -> None:
-    """Given ops starting with _, then only the runtime's own are accepted."""
+def test_runtime_ops_are_allowed_but_other_private_ops_are_unknown_handlers() -> None:
+    """Given ops starting with _, then only the runtime's own are accepted; any other is
+    no handler, so it is UnknownHandler, as the contract says of an op that is no handler."""
     assert validate_message("c", "i", {"op": "__delete__"})[0] == "__delete__"
-    with pytest.raises(BadMessage, match="not a handler name"):
-        validate_message("c", "i", {"op": "__init__"})
+    for op in ("__init__", "_helper"):
+        with pytest.raises(UnknownHandler, match=op):
+            validate_message("c", "i", {"op": op})

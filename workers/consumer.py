@@ -190,14 +190,20 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             log.exception("could not store a dead letter; dropping it: %r", text)
 
     def _reject(
-        self, message: Any, reason: str, task_id: str = "", silent: bool = False, dead: bool = True
+        self,
+        message: Any,
+        reason: str,
+        task_id: str = "",
+        silent: bool = False,
+        dead: bool = True,
+        error: Exception | None = None,
     ) -> None:
         queue = (message.delivery_info or {}).get("routing_key") or "celery"
         if dead:
             self.dead_letter(queue, _raw(message), reason)
         if task_id and not silent:
             try:
-                self.replies.write([Outcome.failure(task_id, BadMessage(reason))])
+                self.replies.write([Outcome.failure(task_id, error or BadMessage(reason))])
             except Exception:
                 log.warning("could not store the BadMessage reply of %s", task_id, exc_info=True)
         if not message.acknowledged:
@@ -218,7 +224,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             if env.error is not None:
                 return self._reject(message, env.error, env.task_id, env.silent)
             if env.bad is not None:
-                return self._reject(message, str(env.bad), env.task_id, env.silent, dead=False)
+                return self._reject(
+                    message, str(env.bad), env.task_id, env.silent, dead=False, error=env.bad
+                )
             return guarded(message)
 
         def guarded(message: Any) -> Any:
