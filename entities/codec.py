@@ -31,6 +31,7 @@ import re
 import types
 import typing
 import uuid
+from collections import abc
 from decimal import Decimal
 from typing import Any
 
@@ -267,3 +268,69 @@ def _decode_dataclass(classes: list[type], data: dict[str, Any], path: str) -> A
         f"{path}: stored object with keys {sorted(data)} matches none of "
         f"{[c.__name__ for c in classes]}"
     )
+
+
+#: Annotations of values stored as themselves or as a tag.
+_SCALARS: frozenset[Any] = frozenset(
+    {Any, object, type(None), bool, int, float, str, dt.datetime, dt.date, Decimal, uuid.UUID}
+)
+#: Generic origins whose values are stored as JSON arrays or objects.
+_ARRAYS: frozenset[Any] = frozenset({list, tuple, abc.Sequence, abc.MutableSequence})
+_MAPS: frozenset[Any] = frozenset({dict, abc.Mapping, abc.MutableMapping})
+
+
+def check_annotation(tp: Any, path: str, _seen: frozenset[type] = frozenset()) -> None:
+    """Raises StateError unless values annotated ``tp`` can be stored.
+
+    Accepted: the supported scalars (and ``Any``), lists, tuples and sequences
+    of accepted types, dicts and mappings with ``str`` keys, dataclasses whose
+    fields are accepted, ``Literal`` values that are, and unions and
+    ``Optional`` of them. Anything else (``set``, ``bytes``, an ordinary class,
+    an ``Enum``) could never be encoded, so it is refused where it is declared.
+    """
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp in _SCALARS or isinstance(tp, typing.TypeVar):
+        return
+    if origin is typing.Annotated:
+        return check_annotation(args[0], path, _seen)
+    if hasattr(tp, "__supertype__"):  # typing.NewType
+        return check_annotation(tp.__supertype__, path, _seen)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            check_annotation(arg, path, _seen)
+        return
+    if origin is typing.Literal:
+        for value in args:
+            if type(value) not in (type(None), bool, int, str):
+                break
+        else:
+            return
+    elif tp in _ARRAYS or origin in _ARRAYS:
+        for arg in args:
+            if arg is not Ellipsis:
+                check_annotation(arg, f"{path}[]", _seen)
+        return
+    elif tp in _MAPS or origin in _MAPS:
+        if args and args[0] not in (str, Any):
+            raise StateError(
+                f"{path}: dict keys annotated {_name(args[0])} cannot be stored; keys are str"
+            )
+        if args:
+            check_annotation(args[1], f"{path}[]", _seen)
+        return
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if tp not in _seen:
+            hints = _hints(tp)
+            for f in dataclasses.fields(tp):
+                check_annotation(hints.get(f.name, Any), f"{path}.{f.name}", _seen | {tp})
+        return
+    raise StateError(
+        f"{path}: values of type {_name(tp)} cannot be stored; supported are None, bool, int, "
+        "float, str, datetime, date, Decimal, UUID, and lists, tuples, dicts with str keys and "
+        "dataclasses of them"
+    )
+
+
+def _name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else repr(tp)

@@ -189,6 +189,7 @@ class Entity:
         cls.__entity_fields__ = _collect_fields(cls)
         cls.__entity_handlers__ = _collect_handlers(cls)
         cls.__entity_types__ = None
+        _check_field_types(cls)
         registry.register(cls)
 
     def __init__(self, id: str = "", **state: Any) -> None:
@@ -272,13 +273,20 @@ class Entity:
 
     @classmethod
     def field_types(cls) -> dict[str, Any]:
-        """The resolved type annotation of every state field (resolved on first use)."""
+        """The resolved type annotation of every state field.
+
+        Resolved when the class is created, or on first use if an annotation
+        names something defined later; a field whose annotation still cannot
+        be resolved is treated as ``Any``.
+        """
         if cls.__entity_types__ is None:
             try:
                 hints = typing.get_type_hints(cls)
             except Exception:
                 hints = {}
-            cls.__entity_types__ = {n: hints.get(n, Any) for n in cls.__entity_fields__}
+            types = {n: hints.get(n, Any) for n in cls.__entity_fields__}
+            _check_types(cls, types)
+            cls.__entity_types__ = types
         return cls.__entity_types__
 
     def encode_state(self) -> dict[str, Any]:
@@ -333,6 +341,30 @@ _RESERVED |= {n for n in vars(Entity) if not n.startswith("_")}
 @functools.cache
 def _signature(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)
+
+
+def _check_field_types(cls: type[Entity]) -> None:
+    """Resolves and checks the fields' annotations now, if they can be resolved yet (one
+    may name a class defined later in its module: it is then checked on first use)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        return
+    types = {n: hints.get(n, Any) for n in cls.__entity_fields__}
+    _check_types(cls, types)
+    cls.__entity_types__ = types
+
+
+def _check_types(cls: type[Entity], types: dict[str, Any]) -> None:
+    """Refuses a field whose annotation the codec could never encode (``set[str]``)."""
+    for fname, tp in types.items():
+        try:
+            codec.check_annotation(tp, f"{cls.__qualname__}.{fname}")
+        except StateError as exc:
+            raise DefinitionError(
+                f"{exc}. Declare field {fname!r} of {cls.__qualname__} with a type the codec "
+                "stores (a set as a list, bytes as str)"
+            ) from None
 
 
 def _check_alarm_name(name: Any) -> None:

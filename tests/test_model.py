@@ -6,8 +6,11 @@ with the entity classes of other tests.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from typing import Any, ClassVar
+import decimal
+import uuid
+from typing import Any, ClassVar, Literal
 
 import pytest
 
@@ -146,6 +149,76 @@ def test_encode_state_names_the_field_of_an_unsupported_value() -> None:
     account.owner = {"x"}  # type: ignore[assignment]
     with pytest.raises(StateError, match=r"model-account\.owner.*set"):
         account.encode_state()
+
+
+@pytest.mark.parametrize(
+    ("annotation", "named"),
+    [
+        ("set[str]", "set[str]"),
+        ("frozenset[int]", "frozenset[int]"),
+        ("bytes", "bytes"),
+        ("complex", "complex"),
+        ("dict[int, str]", "keys annotated int"),
+        ("list[set[int]]", "set[int]"),
+        ("Optional[set[str]]", "set[str]"),
+        ("Literal[b'x']", "Literal"),
+        ("Plain", "Plain"),
+    ],
+)
+def test_a_field_type_the_codec_cannot_store_is_refused_at_definition(
+    annotation: str, named: str
+) -> None:
+    """Given a field annotated with a type no value of which could be stored, when the class
+    is created, then DefinitionError names the class, the field and the type (not the
+    first commit, long after)."""
+    namespace: dict[str, Any] = {}
+    code = (
+        "from typing import Literal, Optional\n"
+        "from entities import Entity\n"
+        "class Plain:\n"
+        "    pass\n"
+        "class Tags(Entity, name='model-tags'):\n"
+        f"    tags: {annotation} = None\n"
+    )
+    with pytest.raises(DefinitionError) as caught:  # compiled without this module's __future__
+        exec(compile(code, "<tags>", "exec", dont_inherit=True), namespace)
+    message = str(caught.value)
+    assert "Tags" in message and "tags" in message
+    assert named in message
+
+
+def test_every_storable_field_type_is_accepted_at_definition() -> None:
+    """Given fields of every type the codec stores, nested and optional, and an annotation
+    naming a class defined later, then the class is created and its state round-trips."""
+
+    class Everything(Entity, name="model-everything"):
+        a: list[dict[str, Node]] | None = None
+        b: Literal["x", "y"] = "x"
+        c: tuple[int, ...] = ()
+        d: dt.datetime | dt.date | None = None
+        e: decimal.Decimal = decimal.Decimal("1.5")
+        f: uuid.UUID | None = None
+        g: Any = None
+        h: Later | None = None
+
+    obj = Everything("e", a=[{"n": Node("n", [Node("m")])}], c=(1, 2))
+    back = Everything.from_state("e", obj.encode_state())
+    assert back.a == obj.a and back.c == (1, 2)
+
+
+@dataclasses.dataclass
+class Node:
+    """A recursive dataclass."""
+
+    name: str = ""
+    children: list[Node] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Later:
+    """Defined after the entity class that names it."""
+
+    n: int = 0
 
 
 # -- type names -------------------------------------------------------------------
