@@ -83,3 +83,22 @@ def test_the_readme_links_every_guide() -> None:
     readme = (ROOT / "README.md").read_text()
     for guide in GUIDES:
         assert f"docs/{guide}" in readme, guide
+
+
+def test_the_misfire_policies_the_guides_name_are_the_ones_the_settings_take() -> None:
+    """Given every value the alarms guide and the README give ENTITIES_ALARM_MISFIRE, then
+    the settings accept each, and a value they refuse gets an error naming the accepted."""
+    from entities.errors import ConfigurationError
+    from entities.settings import MISFIRE_POLICIES, from_env
+
+    named = set()
+    for path in (ROOT / "docs" / "alarms.md", ROOT / "README.md"):
+        text = " ".join(path.read_text().split())
+        for sentence in re.findall(r"`ENTITIES_ALARM_MISFIRE`[^.]*", text):
+            named |= set(re.findall(r"`(\w+)` \(", sentence))
+    assert named, "the guides name no misfire policy"
+    for policy in named:
+        assert from_env({"ENTITIES_ALARM_MISFIRE": policy}).alarm_misfire == policy
+    with pytest.raises(ConfigurationError) as refused:
+        from_env({"ENTITIES_ALARM_MISFIRE": "fire"})
+    assert all(p in str(refused.value) for p in MISFIRE_POLICIES)
