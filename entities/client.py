@@ -31,6 +31,7 @@ DEFAULT_TIMEOUT_S = 10.0
 def get_store() -> Store:
     """The process-wide store, opened on first use from the settings (schema checked)."""
     global _store
+    registry.ensure_modules()  # every client helper comes here first
     with _lock:
         if _store is None:
             settings = get_settings()
@@ -74,6 +75,7 @@ def send(
 ) -> Any:
     """Sends ``msg`` to an entity through its partition queue; returns the AsyncResult."""
     name = registry.type_name(entity_type)
+    registry.ensure_modules()
     args: list[Any] = [name, entity_id, msg]
     if durability is not None:
         args.append(durability)
@@ -241,6 +243,7 @@ class EntityRef:
         self, entity_class: type[Entity], entity_id: str, timeout: float = DEFAULT_TIMEOUT_S
     ) -> None:
         validate_id("entity id", entity_id)
+        registry.ensure_modules()
         self._entity_class = entity_class
         self._entity_id = entity_id
         self._timeout = timeout

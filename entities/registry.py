@@ -1,8 +1,18 @@
-"""The registry of entity classes by their stable type name."""
+"""The registry of entity classes by their stable type name.
+
+Every process that applies or sends messages imports ``ENTITIES_MODULES``:
+workers when they start (an unimportable module stops them), clients at their
+first use of a client helper and when they import ``workers`` (an unimportable
+module is logged and skipped there). So a class registered by those modules is
+known everywhere, and an entity's own exception reaches a client as its own
+class: Celery rebuilds a failure's ``exc_module.exc_type`` only from a module
+the client has already imported.
+"""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Iterable
@@ -13,7 +23,10 @@ from entities.errors import ConfigurationError, DefinitionError, UnknownEntityTy
 if TYPE_CHECKING:
     from entities.model import Entity
 
+log = logging.getLogger(__name__)
+
 _classes: dict[str, type[Entity]] = {}
+_configured: tuple[str, ...] | None = None  # the ENTITIES_MODULES imported by ensure_modules
 
 
 def register(cls: type[Entity]) -> None:
@@ -77,3 +90,26 @@ def import_modules(modules: Iterable[str]) -> None:
             raise ConfigurationError(
                 f"ENTITIES_MODULES names {module!r}, which cannot be imported: {exc}"
             ) from exc
+
+
+def ensure_modules() -> None:
+    """Imports the configured ENTITIES_MODULES, once per setting (for clients).
+
+    Cheap after the first call. A module that cannot be imported is logged and
+    skipped: a client can still send, but that module's exceptions reach it as
+    classes Celery makes up (``celery.exceptions.<Name>``), not as their own.
+    """
+    global _configured
+    from entities.settings import get_settings
+
+    modules = get_settings().modules
+    if modules == _configured:
+        return
+    _configured = modules
+    for module in modules:
+        try:
+            import_modules([module])
+        except ConfigurationError as exc:
+            log.warning(
+                "%s; its entities' exceptions will not reach this client as themselves", exc
+            )

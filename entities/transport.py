@@ -51,6 +51,9 @@ def _partition_of(entity_type: Any, entity_id: Any) -> int:
     """The partition of a call's entity, once the ids and the deployment are checked."""
     entity_type = validate_id("entity type", entity_type)
     entity_id = validate_id("entity id", entity_id)
+    from entities.registry import ensure_modules
+
+    ensure_modules()  # so the reply's exception is rebuilt as the entity module's own class
     settings = get_settings()
     _check_partitions(settings.partitions)
     _ensure_broker_once(settings)

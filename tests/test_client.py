@@ -153,3 +153,22 @@ def test_a_ref_exposes_every_handler_even_ones_named_like_client_attributes() ->
     ref = Shadowing.ref("x")
     assert isinstance(ref.read, HandlerCall)
     assert isinstance(ref.timeout, HandlerCall)
+
+
+@pytest.mark.no_services
+def test_a_client_skips_an_entity_module_it_cannot_import_with_a_warning(caplog) -> None:  # type: ignore[no-untyped-def]
+    """Given ENTITIES_MODULES naming a module this client cannot import, when a client
+    helper first runs, then it logs which module and why, and goes on (sending works; only
+    that module's exceptions come back as classes Celery makes up)."""
+    from entities import registry
+    from entities.settings import configure, get_settings
+
+    before = get_settings()
+    try:
+        configure(before.replace(modules=("tests.no_such_entities",)))
+        with caplog.at_level("WARNING", logger="entities.registry"):
+            registry.ensure_modules()
+        assert "tests.no_such_entities" in caplog.text
+    finally:
+        configure(before)
+        registry.ensure_modules()

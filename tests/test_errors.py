@@ -47,6 +47,64 @@ def test_a_handler_error_reaches_the_caller_and_leaves_state_as_committed(worker
     assert call("fragile", "f", "set", 4) == 4
 
 
+#: Client programs that never import the entity module (tests.fixture_entities) themselves.
+CLIENTS = {
+    "imports workers": """
+from workers import send_to_entity
+sent = send_to_entity.delay("fragile", "c1", {"op": "set_then_fail", "args": [7]})
+""",
+    "uses an entities helper and a plain Celery app": """
+import os
+from celery import Celery
+import entities
+entities.read("fragile", "c2")
+plain = Celery("plain", broker=os.environ["ENTITIES_BROKER_URL"],
+               backend=os.environ["ENTITIES_RESULT_BACKEND"])
+sent = plain.send_task("entities.send_to_entity",
+                       args=["fragile", "c2", {"op": "set_then_fail", "args": [7]}])
+""",
+}
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_a_client_that_never_imports_the_entity_module_gets_its_exception_class(  # type: ignore[no-untyped-def]
+    workers, client: str
+) -> None:
+    """Given a client process that imports `workers`, or uses an `entities` helper, and
+    never the module defining Boom, when a handler raises Boom, then `except Boom` in the
+    client catches it: the class is the module's own, not one Celery made up."""
+    import subprocess
+    import sys
+
+    workers.start(1)
+    code = (
+        CLIENTS[client]
+        + """
+try:
+    sent.get(timeout=30)
+except Exception as exc:
+    from tests.fixture_entities import Boom
+    print(type(exc).__module__, type(exc).__qualname__, isinstance(exc, Boom), exc)
+"""
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(maxsplit=3) == [
+        "tests.fixture_entities",
+        "Boom",
+        "True",
+        "refusing 7\n",
+    ]
+
+
 def test_errors_in_one_batch_do_not_touch_their_neighbours(workers) -> None:  # type: ignore[no-untyped-def]
     """Given good and failing messages queued together for one entity, when one batch
     applies them, then each failing one gets its error and every good one its effect."""
