@@ -31,6 +31,7 @@ from entities.errors import (
 )
 from entities.inspect import ClusterStatus, PartitionStatus, WorkerStatus, cluster_status
 from entities.model import Entity, field, handler
+from entities.sends import SendFailure
 from entities.settings import Settings, configure, get_settings
 from entities.store import Alarm, Snapshot
 
@@ -39,6 +40,7 @@ __all__ = [
     "Entity",
     "field",
     "handler",
+    "SendFailure",
     # outside the queue
     "cancel_alarm",
     "cancel_all_alarms",

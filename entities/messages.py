@@ -29,7 +29,11 @@ OP_DELETE = "__delete__"
 OP_ALARM = "__alarm__"
 OP_SET_ALARM = "__set_alarm__"  # see entities.alarm_ops
 OP_CLEAR_ALARMS = "__clear_alarms__"
-RUNTIME_OPS = frozenset({OP_DELETE, OP_ALARM, OP_SET_ALARM, OP_CLEAR_ALARMS})
+OP_SEND_FAILED = "__send_failed__"  # tells a sender that its message was refused
+RUNTIME_OPS = frozenset({OP_DELETE, OP_ALARM, OP_SET_ALARM, OP_CLEAR_ALARMS, OP_SEND_FAILED})
+
+#: The Celery message header naming the entity that sent a message: [type, id].
+SENDER_HEADER = "entities_sender"
 
 
 def validate_id(what: str, value: Any, max_length: int = MAX_ID_LENGTH) -> str:
@@ -107,6 +111,7 @@ class Envelope:
     error: str | None = None
     bad: MessageError | None = None
     silent: bool = False  # the sender asked for no reply (Celery's ignore_result)
+    sender: tuple[str, str] | None = None  # the entity that sent it (SENDER_HEADER)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -167,6 +172,7 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
         return env
     env.headers = headers
     env.silent = bool(headers.get("ignore_result"))
+    env.sender = _sender(headers.get(SENDER_HEADER))
     task_id = headers.get("id")
     if headers.get("task") != TASK_NAME or not isinstance(task_id, str) or not task_id:
         env.error = (
@@ -225,3 +231,14 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
     except MessageError as exc:
         env.bad = exc
     return env
+
+
+def _sender(value: Any) -> tuple[str, str] | None:
+    """The (type, id) of a SENDER_HEADER value; None if absent or malformed (it only
+    decides who hears of a refusal, so a bad one is ignored, never fatal)."""
+    if not (isinstance(value, list) and len(value) == 2):
+        return None
+    try:
+        return validate_id("sender type", value[0]), validate_id("sender id", value[1])
+    except BadMessage:
+        return None

@@ -21,6 +21,7 @@ from entities.errors import BadMessage, DefinitionError, StateError, UnknownHand
 
 if TYPE_CHECKING:
     from entities.client import EntityRef
+    from entities.sends import SendFailure
 
 Durability = Literal["strict", "interval", "on_stop"]
 DURABILITIES: tuple[str, ...] = ("strict", "interval", "on_stop")
@@ -39,7 +40,17 @@ class _Missing:
 
 _MISSING: Any = _Missing()
 _RESERVED = frozenset(
-    {"id", "ref", "send", "schedule_alarm", "cancel_alarm", "after_load", "handle_alarm", "upgrade"}
+    {
+        "id",
+        "ref",
+        "send",
+        "schedule_alarm",
+        "cancel_alarm",
+        "after_load",
+        "handle_alarm",
+        "handle_send_failed",
+        "upgrade",
+    }
 )  # completed below with every public attribute of Entity, which the runtime calls
 
 
@@ -233,11 +244,20 @@ class Entity:
         self._staged_alarms.append(StagedAlarm(name, None))
 
     def send(self, entity_type: str | type[Entity], entity_id: str, msg: dict[str, Any]) -> None:
-        """Sends ``msg`` to another entity if, and only if, this handler's commit succeeds."""
-        from entities.messages import validate_message
+        """Sends ``msg`` to another entity if, and only if, this handler's commit succeeds.
+
+        Raises UnknownEntityType if no class of that type is registered in this
+        process, UnknownHandler or BadMessage if ``msg`` does not fit one of its
+        handlers: raised in the handler, they roll its changes back. A refusal
+        only the receiver can know reaches :meth:`handle_send_failed`.
+        """
+        from entities.messages import RUNTIME_OPS, validate_message
 
         target = registry.type_name(entity_type)
-        validate_message(target, entity_id, msg)
+        op, args, kwargs = validate_message(target, entity_id, msg)
+        receiver = registry.lookup(target)
+        if op not in RUNTIME_OPS:
+            receiver.bind_call(op, args, kwargs)
         try:  # the outbox keeps it as JSON in the store until it is published
             codec.check_json(msg, "message")
         except StateError as exc:
@@ -254,6 +274,13 @@ class Entity:
         raise UnknownHandler(
             f"{self.__entity_name__} defines no handle_alarm(); alarm {name!r} cannot fire"
         )
+
+    def handle_send_failed(self, failure: SendFailure) -> None:
+        """Runs when an entity refused a message this one sent (see :mod:`entities.sends`).
+
+        Override it to compensate; by default a refusal is only logged, counted
+        and dead-lettered.
+        """
 
     @classmethod
     def upgrade(cls, from_vsn: int, state: dict[str, Any]) -> dict[str, Any]:

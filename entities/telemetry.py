@@ -15,6 +15,8 @@ The runtime emits, among others (metadata in brackets):
                            duration_s, started_at (epoch seconds), raws (the broker
                            messages, oldest first), outcomes (one reply per task id)]
 ``message.dead_lettered``  a message could not be understood [queue, reason]
+``send.refused``           an entity refused a message another entity sent
+                           [sender_type, sender_id, entity_type, entity_id, op, error]
 ``alarm.fired``            an alarm's handler committed [entity_type, entity_id, name]
 ``alarm.failed``           an alarm's handler raised [entity_type, entity_id, name, attempts]
 ``partition.zombie``       a stale owner's commit was refused [partition, epoch]

@@ -18,7 +18,7 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from entities.errors import ConfigurationError
-from entities.messages import validate_id
+from entities.messages import SENDER_HEADER, validate_id
 from entities.routing import TASK_NAME, TASKS_QUEUE, partition_for, queue_name
 from entities.settings import Settings, get_settings
 
@@ -214,13 +214,15 @@ def celery_message(
     task_id: str | None = None,
     durability: str | None = None,
     ignore_result: bool = False,
+    sender: tuple[str, str] | None = None,
 ) -> bytes:
     """The bytes of one ``send_to_entity`` call as it lies in a Redis queue.
 
     This is the kombu Redis envelope of a Celery protocol 2 message (JSON
     headers and properties, a base64 JSON body), the shape ``send_task``
     leaves in a partition queue; it lets a publisher push many calls in one
-    round trip. ``task_id`` defaults to a fresh one.
+    round trip. ``task_id`` defaults to a fresh one. ``sender`` (type, id)
+    names the entity that sent it, in the ``entities_sender`` header.
     """
     task_id = task_id or str(uuid.uuid4())
     args: list[Any] = [entity_type, entity_id, msg]
@@ -252,6 +254,7 @@ def celery_message(
             "replaced_task_nesting": 0,
             "stamped_headers": None,
             "stamps": {},
+            **({SENDER_HEADER: list(sender)} if sender else {}),
         },
         "properties": {
             "correlation_id": task_id,

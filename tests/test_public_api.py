@@ -26,6 +26,7 @@ ENTITIES_API = {
     "Entity",
     "field",
     "handler",
+    "SendFailure",
     # outside the queue
     "cancel_alarm",
     "cancel_all_alarms",

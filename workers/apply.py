@@ -29,8 +29,16 @@ import orjson
 from entities import clock, codec, registry, telemetry
 from entities.alarm_ops import parse_set_alarm
 from entities.errors import BadMessage, StateError
-from entities.messages import OP_ALARM, OP_CLEAR_ALARMS, OP_DELETE, OP_SET_ALARM, Envelope
+from entities.messages import (
+    OP_ALARM,
+    OP_CLEAR_ALARMS,
+    OP_DELETE,
+    OP_SEND_FAILED,
+    OP_SET_ALARM,
+    Envelope,
+)
 from entities.model import Entity
+from entities.sends import SendFailure
 from entities.settings import Settings
 from entities.store import (
     AlarmChange,
@@ -43,6 +51,7 @@ from entities.store import (
 from entities.upgrades import upgrade_state
 from workers.memory import EntityMemory, Key, Live
 from workers.pending import PendingAlarms
+from workers.refusals import recorded_error
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +73,9 @@ class Outcome:
 
     @classmethod
     def from_record(cls, record: Processed, silent: bool = False) -> Outcome:
-        """The reply recorded when the message was first applied."""
+        """The reply recorded when the message was first applied (or refused)."""
+        if not record.ok:
+            return cls.failure(record.message_id, recorded_error(record.reply), silent)
         return cls(record.message_id, True, codec.decode(record.reply), silent=silent)
 
 
@@ -127,6 +138,8 @@ class Applier:
             return self._alarm(env, staged)
         if env.op in (OP_SET_ALARM, OP_CLEAR_ALARMS):
             return self._external_alarm(env, staged)
+        if env.op == OP_SEND_FAILED:
+            return self._send_failed(env, staged)
         try:
             cls = registry.lookup(env.entity_type)
             if env.op == OP_DELETE:
@@ -216,7 +229,12 @@ class Applier:
         for send in sends:
             st.outbox.append(
                 OutboxMessage(
-                    uuid.uuid4().hex, self.partition, send.entity_type, send.entity_id, send.msg
+                    uuid.uuid4().hex,
+                    self.partition,
+                    send.entity_type,
+                    send.entity_id,
+                    send.msg,
+                    sender=env.key,
                 )
             )
         return outcome
@@ -358,6 +376,38 @@ class Applier:
             return True
         pending = self.deferred().get(key)
         return pending is not None and pending.supersedes(name)
+
+    # -- refusals of this entity's sends ---------------------------------------------
+
+    def _send_failed(self, env: Envelope, staged: dict[Key, Staged]) -> Outcome:
+        """Runs the sender's handle_send_failed with the refusal (see entities.sends)."""
+        try:
+            (data,) = env.args
+            failure = SendFailure.from_json(data)
+            cls = registry.lookup(env.entity_type)
+        except Exception as exc:
+            log.error("%s %r: a send failure could not be delivered: %s", *env.key, exc)
+            return Outcome.failure(env.task_id, exc, env.silent)
+        if cls.handle_send_failed is Entity.handle_send_failed:
+            return Outcome(env.task_id, True, None, silent=env.silent)  # no hook (any more)
+        try:
+            live = self.activate(cls, env.key)
+        except Exception as exc:
+            log.error("%s %r: handle_send_failed could not run: %s", *env.key, exc)
+            return Outcome.failure(env.task_id, exc, env.silent)
+
+        def failed(exc: BaseException) -> None:
+            log.error(
+                "%s %r: handle_send_failed raised %r on the refusal of its message to %s %r",
+                *env.key,
+                exc,
+                failure.entity_type,
+                failure.entity_id,
+            )
+
+        return self._run(
+            env, live, lambda obj: obj.handle_send_failed(failure), staged, on_error=failed
+        )
 
 
 def _stage(staged: dict[Key, Staged], key: Key, live: Live | None) -> Staged:

@@ -46,6 +46,7 @@ from entities.store import (
 from workers.apply import Applier, Outcome, Staged
 from workers.memory import EntityMemory, Key, Live
 from workers.pending import PendingAlarms
+from workers.refusals import Refusal, refuse
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class Processor:
             partition, store, settings, self.memory, deferred=lambda: self.deferred.alarms
         )
         self.conflicts = 0
+        self.sends_refused = 0  # entity-to-entity messages refused here (workers.refusals)
 
     # -- state of the partition ---------------------------------------------------
 
@@ -264,6 +266,7 @@ class Processor:
         first: dict[str, Outcome] = dict(self.deferred.replies)
         staged: dict[Key, Staged] = {}
         dead: list[DeadLetter] = []
+        refused: list[Refusal] = []
         for env in envelopes:
             if env.error is not None:
                 dead.append(
@@ -285,12 +288,22 @@ class Processor:
                 outcome = Outcome.from_record(done[env.task_id], env.silent)
             else:
                 outcome = self.applier.apply(env, staged)
+                if not outcome.ok and env.sender is not None and outcome.error is not None:
+                    refused.append(refuse(env, outcome.error, self.partition))
             first[env.task_id] = outcome
             outcomes.append(outcome)
         batch = CommitBatch(self.partition, epoch, dead_letters=dead)
         touched = self._stage(staged, batch)
+        for r in refused:  # committed with the batch, whatever the receiver's durability
+            batch.processed.append(r.processed)
+            batch.dead_letters.append(r.dead_letter)
+            if r.notice is not None:
+                batch.outbox.append(r.notice)
         self._commit(batch)
         self._committed(touched)
+        for r in refused:
+            self.sends_refused += 1
+            r.report()
         return BatchResult(outcomes, batch.outbox, holding, misrouted)
 
     def _stage(self, staged: dict[Key, Staged], batch: CommitBatch) -> list[tuple[Key, Live]]:

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 
 from entities import clock, registry
 from entities.inspect import STATS_KEY, WORKERS_KEY, lease_token
+from entities.messages import SENDER_HEADER
 from entities.routing import TASK_NAME
 from entities.settings import Settings
 from entities.store import OutboxMessage, SQLStore, Store
@@ -407,6 +408,7 @@ class PartitionService:
                 args=[m.entity_type, m.entity_id, m.msg],
                 task_id=m.message_id,
                 ignore_result=True,
+                headers={SENDER_HEADER: list(m.sender)} if m.sender else None,
             )
 
     def stats(self) -> dict[str, Any]:
@@ -420,6 +422,8 @@ class PartitionService:
             pending += runner.pending
             applied += runner.applied
             conflicts += self.processors[partition].conflicts
+        # Counted by every processor this worker ran, owned now or not: a counter only grows.
+        refused = sum(p.sends_refused for p in list(self.processors.values()))
         return {
             "worker": self.worker_id,
             "pid": os.getpid(),
@@ -435,6 +439,7 @@ class PartitionService:
             "conflicts": conflicts,
             "forwarding": self.forwarder.holding,
             "forwarded": self.forwarder.forwarded,
+            "sends_refused": refused,
             **dataclasses.asdict(self.counters),
             "at": time.time(),
         }

@@ -256,7 +256,7 @@ class Harness:
                 return
             m = queue.popleft()
             raw = celery_message(
-                m.entity_type, m.entity_id, m.msg, m.message_id, ignore_result=True
+                m.entity_type, m.entity_id, m.msg, m.message_id, ignore_result=True, sender=m.sender
             )
             queue.extend(self._process(m.entity_type, m.entity_id, raw)[1])
             self.store.forget_outbox([m.message_id])

@@ -18,6 +18,7 @@ WORKER_COLUMNS = (
     "conflicts",
     "zombie_events",
     "forwarded",  # messages this worker forwarded from Celery's default queue
+    "sends_refused",
 )
 
 
@@ -64,8 +65,8 @@ def stats(as_json: bool) -> None:
     totals = _totals(status)
     out.print(
         f"{len(status.live_workers)} live workers, {len(status.unowned)} unowned partitions, "
-        f"lag {totals['lag']}, resident {totals['resident']}, conflicts {totals['conflicts']} "
-        f"at {when(status.at)}"
+        f"lag {totals['lag']}, resident {totals['resident']}, conflicts {totals['conflicts']}, "
+        f"sends refused {totals['sends_refused']} at {when(status.at)}"
     )
 
 
@@ -75,6 +76,7 @@ def _totals(status: Any) -> dict[str, int]:
         "lag": sum(p.queued + p.inflight for p in status.partitions),
         "resident": sum(int(w.stats.get("resident", 0)) for w in live),
         "conflicts": sum(int(w.stats.get("conflicts", 0)) for w in live),
+        "sends_refused": sum(int(w.stats.get("sends_refused", 0)) for w in live),
         "zombie_events": sum(w.zombie_events for w in live),
     }
 

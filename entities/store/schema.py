@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import JSON as PGJSON
 from sqlalchemy.engine import Dialect
 
 #: The Alembic revision this code expects; `entities migrate` brings a database to it.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0008_outbox_sender"
 
 metadata = sa.MetaData()
 
@@ -116,6 +116,8 @@ outbox = sa.Table(
     sa.Column("entity_id", sa.String(255), nullable=False),
     sa.Column("msg", JSONType, nullable=False),
     sa.Column("created_at", TS, nullable=False),
+    sa.Column("sender_type", sa.String(255), nullable=True),  # the entity that sent it
+    sa.Column("sender_id", sa.String(255), nullable=True),
 )
 
 dead_letters = sa.Table(

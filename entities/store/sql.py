@@ -303,6 +303,8 @@ class SQLStore(AlarmTables, LetterTables, Store):
                             "entity_id": m.entity_id,
                             "msg": m.msg,
                             "created_at": now,
+                            "sender_type": m.sender[0] if m.sender else None,
+                            "sender_id": m.sender[1] if m.sender else None,
                         }
                         for i, m in enumerate(batch.outbox)
                     ],

@@ -24,7 +24,13 @@ class LetterTables(SQLTables):
         rows = self._read(lambda c: c.execute(query).all())
         return [
             OutboxMessage(
-                r.message_id, r.partition, r.entity_type, r.entity_id, r.msg, _aware(r.created_at)
+                r.message_id,
+                r.partition,
+                r.entity_type,
+                r.entity_id,
+                r.msg,
+                created_at=_aware(r.created_at),
+                sender=None if r.sender_type is None else (r.sender_type, r.sender_id),
             )
             for r in rows
         ]
