@@ -35,6 +35,7 @@ COUNTED = {
     "entity.conflict": "conflict",
     "storage.delete": "delete",
     "message.dead_lettered": "dead_lettered",
+    "send.refused": "send_refused",
     "alarm.fired": "alarm_fired",
     "alarm.failed": "alarm_failed",
     "partition.zombie": "zombie",
