@@ -7,6 +7,7 @@ worker's Processor on the real store as a redelivery after a kill -9 would.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -72,6 +73,8 @@ def test_a_refusal_is_logged_counted_dead_lettered_and_told_to_the_sender(  # ty
     assert "OutOfStock: 5 wanted, 1 left" in letter.reason
     assert eventually(lambda: "sends-checkout 'c1' sent 'reserve'" in worker.output())
     assert eventually(lambda: [s.get("sends_refused") for s in worker_stats(redis_client)] == [1])
+    stats = CliRunner().invoke(main, ["stats", "--json"])
+    assert json.loads(stats.output)["totals"]["sends_refused"] == 1
     assert call("sends-inventory", "sku", "restock", 10) == 11
     replayed = CliRunner().invoke(main, ["dead-letters", "replay", str(letter.id)])
     assert replayed.exit_code == 0, replayed.output
@@ -90,31 +93,41 @@ def test_a_sender_without_the_hook_still_gets_its_refusal_recorded(workers, stor
     assert state("sends-blind", "b") == {"sent": 1}
 
 
-def test_a_redelivered_refusal_is_recorded_and_told_once(store) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("receiver", "msg", "error"),
+    [
+        ("sends-inventory", {"op": "reserve", "args": ["c1", 5]}, "OutOfStock: 5 wanted, 0 left"),
+        ("fragile", {"op": "set_then_fail", "args": [7]}, "Boom: refusing 7"),
+    ],
+    ids=["relaxed receiver", "strict receiver"],
+)
+def test_a_redelivered_refusal_is_recorded_and_told_once(  # type: ignore[no-untyped-def]
+    store, receiver: str, msg: dict[str, Any], error: str
+) -> None:
     """Given a refused message whose batch committed, when it is delivered again (the worker
     was killed before its acknowledgement) and again in a later batch, then it is refused
     from its record: still one dead letter and one notice to the sender."""
     from workers.processor import Processor
 
-    partition = partition_for("sends-inventory", "sku", get_settings().partitions)
+    partition = partition_for(receiver, "r", get_settings().partitions)
     epoch = store.claim_partition(partition, "test")
     raw = celery_message(
-        "sends-inventory",
-        "sku",
-        {"op": "reserve", "args": ["c1", 5]},
+        receiver,
+        "r",
+        msg,
         task_id="sent-by-c1",
         ignore_result=True,
         sender=("sends-checkout", "c1"),
     )
     first = Processor(partition, store, get_settings()).process([raw], epoch)
     again = Processor(partition, store, get_settings()).process([raw, raw], epoch)
-    assert [o.ok for o in first.outcomes + again.outcomes] == [False, False, False]
-    assert [type(o.error).__name__ for o in again.outcomes] == ["OutOfStock", "OutOfStock"]
+    replies = [f"{type(o.error).__name__}: {o.error}" for o in first.outcomes + again.outcomes]
+    assert replies == [error] * 3
     assert len(store.dead_letters()) == 1
     [notice] = store.pending_outbox(partition)
     assert (notice.entity_type, notice.entity_id) == ("sends-checkout", "c1")
     assert notice.msg["op"] == "__send_failed__"
-    assert notice.msg["args"][0]["error"] == "5 wanted, 0 left"
+    assert notice.msg["args"][0]["error"] == error.split(": ", 1)[1]
     assert first.outbox == [notice] and again.outbox == []
 
 
