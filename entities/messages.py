@@ -4,6 +4,17 @@ A message is ``{"op": <handler>, "args": [...], "kwargs": {...}}``; ``args``
 and ``kwargs`` are optional. It travels as the arguments of the Celery task
 ``entities.send_to_entity(entity_type, entity_id, msg, durability=None)`` in a
 Celery protocol 2 message, JSON only.
+
+Invariant: no message content can stall a partition. Everything a message
+carries that the runtime stores or looks up (type names, ids, task ids, and the
+arguments of the runtime's own ops: ``__alarm__``, ``__delete__``,
+``__set_alarm__``, ``__clear_alarms__``) is checked
+here, before any handler runs or any store is asked: names must be storable
+text (no NUL, no lone surrogate, bounded), numbers within the store's range.
+Internal ops are validated exactly like user ops; a message that fails gets a
+``BadMessage`` reply (or is dead-lettered) and the partition moves on. What
+slips past this check and makes the store refuse a value is the runner's to
+isolate (see :mod:`workers.poison`).
 """
 
 from __future__ import annotations
@@ -34,6 +45,10 @@ RUNTIME_OPS = frozenset({OP_DELETE, OP_ALARM, OP_SET_ALARM, OP_CLEAR_ALARMS, OP_
 
 #: The Celery message header naming the entity that sent a message: [type, id].
 SENDER_HEADER = "entities_sender"
+#: Longest alarm scheduling id accepted (the store keeps 64 characters).
+MAX_SCHEDULING_ID_LENGTH = 64
+#: Largest alarm attempt number accepted (the store keeps a 32-bit count, plus one).
+MAX_ALARM_ATTEMPT = 2**31 - 2
 
 
 def validate_id(what: str, value: Any, max_length: int = MAX_ID_LENGTH) -> str:
@@ -86,7 +101,41 @@ def validate_message(
         raise BadMessage(f"'args' must be a list, got {type(args).__name__}")
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise BadMessage("'kwargs' must be a dict with str keys")
+    if op in RUNTIME_OPS:
+        validate_runtime_args(op, args, kwargs)
     return op, args, kwargs
+
+
+def validate_runtime_args(op: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Checks the arguments of a runtime op as a handler's are checked: shape, types,
+    storable text and bounds; raises BadMessage naming what is wrong."""
+    if kwargs:
+        raise BadMessage(f"op {op!r} takes no kwargs, got {sorted(kwargs)}")
+    if op in (OP_DELETE, OP_CLEAR_ALARMS):
+        if args:
+            raise BadMessage(f"op {op!r} takes no args, got {len(args)}")
+    elif op == OP_SET_ALARM:
+        from entities import codec
+        from entities.alarm_ops import parse_set_alarm
+        from entities.errors import StateError
+
+        change = parse_set_alarm("-", "-", args)
+        try:
+            codec.check_json(change.payload, f"{op} payload")
+        except StateError as exc:
+            raise BadMessage(str(exc)) from None
+    elif op == OP_ALARM:
+        if len(args) != 3:
+            raise BadMessage(
+                f"op {op!r} takes args [name, scheduling_id, attempt], got {len(args)} args"
+            )
+        name, scheduling_id, attempt = args
+        validate_id("alarm name", name)
+        validate_id("alarm scheduling id", scheduling_id, MAX_SCHEDULING_ID_LENGTH)
+        if isinstance(attempt, bool) or not isinstance(attempt, int):
+            raise BadMessage(f"alarm attempt must be an int, got {type(attempt).__name__}")
+        if not 0 <= attempt <= MAX_ALARM_ATTEMPT:
+            raise BadMessage(f"alarm attempt must be 0..{MAX_ALARM_ATTEMPT}, got {attempt}")
 
 
 @dataclasses.dataclass

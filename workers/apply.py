@@ -286,20 +286,8 @@ class Applier:
 
     def _alarm(self, env: Envelope, staged: dict[Key, Staged]) -> Outcome:
         """Fires one alarm scheduling, once: only if it is still the current scheduling."""
-        try:
-            name, scheduling_id, attempt = env.args
-            if not (
-                isinstance(name, str)
-                and isinstance(scheduling_id, str)
-                and isinstance(attempt, int)
-            ):
-                raise ValueError
-        except (TypeError, ValueError):
-            return Outcome.failure(
-                env.task_id,
-                BadMessage("an alarm message takes [name, scheduling_id, attempt]"),
-                env.silent,
-            )
+        # The parser checked the arguments (entities.messages.validate_runtime_args).
+        name, scheduling_id, attempt = env.args
         key = env.key
         done = AlarmOutcome(env.entity_type, env.entity_id, name, scheduling_id)
         alarm = None if self._superseded(key, name, staged) else self.store.get_alarm(*key, name)
