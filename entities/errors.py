@@ -13,7 +13,8 @@ Every error a caller can see derives from :class:`EntityError`::
     │   └── BadMessage            malformed message, bad arguments or a hostile id
     ├── UpgradeError              a stored snapshot could not be brought to the class's vsn
     └── StoreError                the state store failed (infrastructure; retried by workers)
-        └── FenceError            a version or epoch fence rejected a commit
+        ├── FenceError            a version or epoch fence rejected a commit
+        └── DataRefused           the store refused a value the data carried (not retried)
 
 Errors cross the broker as Celery failure results, so each class takes exactly
 one positional argument, its message, and is rebuilt from it on the client.
@@ -66,6 +67,12 @@ class UpgradeError(EntityError):
 
 class StoreError(EntityError):
     """The state store failed; workers keep the message and retry with backoff."""
+
+
+class DataRefused(StoreError):
+    """The state store refused a value the data carried (text with NUL, invalid Unicode, a
+    number out of range): retrying cannot help, so a worker counts it against the message
+    that carried it and, if it persists, sets that message aside as poison."""
 
 
 class FenceError(StoreError):

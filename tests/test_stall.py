@@ -3,12 +3,13 @@ value the store refuses is that one message's error, never an endless retry."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import pytest
 
-from entities.errors import BadMessage
+from entities.errors import BadMessage, DataRefused, StoreError
 from entities.messages import validate_message
 from entities.routing import partition_for, queue_name
 from entities.transport import celery_message
@@ -19,8 +20,6 @@ def _push(redis_client: Any, entity_type: str, entity_id: str, msg: dict[str, An
     raw = celery_message(entity_type, entity_id, msg)
     partition = partition_for(entity_type, entity_id, int(os.environ["ENTITIES_PARTITIONS"]))
     redis_client.lpush(queue_name(partition), raw)
-    import json
-
     return str(json.loads(raw)["headers"]["id"])
 
 
@@ -90,3 +89,26 @@ def test_an_alarm_message_with_an_unstorable_name_does_not_stall_its_partition( 
     with pytest.raises(BadMessage, match="alarm name"):
         app.AsyncResult(bad).get(timeout=30)
     assert app.AsyncResult(good).get(timeout=30) == 1
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "a\ud800b"], ids=["nul", "surrogate"])
+def test_a_value_postgres_refuses_is_data_refused(store, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Given a lookup or a commit carrying text Postgres cannot hold, then the store raises
+    DataRefused (the data's fault), not a plain StoreError a worker would retry forever."""
+    from entities.store import CommitBatch, Write
+
+    with pytest.raises(DataRefused, match="cannot take this data"):
+        store.get_alarm("counter", "x", name)
+    with pytest.raises(DataRefused):
+        store.commit(CommitBatch(0, None, writes=[Write("counter", "x", 0, 1, {"count": name})]))
+
+
+def test_an_unreachable_store_is_not_refused_data() -> None:
+    """Given a store that cannot be reached, then its error is a StoreError the worker
+    retries, not DataRefused."""
+    from entities.store.sql import SQLStore
+
+    store = SQLStore("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(StoreError) as info:
+        store.get_alarm("counter", "x", "n")
+    assert not isinstance(info.value, DataRefused)

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from entities.errors import ConfigurationError, FenceError, SchemaError, StoreError
+from entities.errors import ConfigurationError, FenceError, SchemaError
 from entities.store import schema as t
 from entities.store import sql_commit
 from entities.store.base import (
@@ -36,9 +36,11 @@ from entities.store.base import (
 from entities.store.sql_alarms import AlarmTables
 from entities.store.sql_letters import LetterTables
 from entities.store.sql_support import (
+    DRIVER_DATA_ERRORS,
     _aware,
     _text,
     _utc,
+    translate,
     utcnow,
 )
 
@@ -404,8 +406,8 @@ class SQLStore(AlarmTables, LetterTables, Store):
             raise FenceError(
                 f"a message of this batch was already recorded: {exc}", duplicate=True
             ) from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"state store error: {exc}") from exc
+        except (psycopg.Error, *DRIVER_DATA_ERRORS) as exc:
+            raise translate(exc) from exc
 
     def _write_many(self, conn: Connection, writes: list[Write], now: dt.datetime) -> None:
         """Fenced writes in three statements whatever their number (Postgres).

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from entities.errors import FenceError, StoreError
 from entities.store.base import CommitBatch
 from entities.store.schema import dumps
-from entities.store.sql_support import DRIVER_DATA_ERRORS
+from entities.store.sql_support import DRIVER_DATA_ERRORS, translate
 
 if TYPE_CHECKING:
     import psycopg
@@ -108,6 +108,8 @@ def commit(engine: Engine, batch: CommitBatch, now: dt.datetime) -> None:
         if isinstance(exc, psycopg.OperationalError) or pg.closed:
             proxy.invalidate(exc)  # the connection may be broken: the pool drops it
         raise _translate(exc) from exc
+    except DRIVER_DATA_ERRORS as exc:
+        raise translate(exc) from exc
     finally:
         try:
             if not pg.closed:
@@ -147,7 +149,7 @@ def _params(batch: CommitBatch, now: dt.datetime) -> dict[str, Any]:
     try:
         texts = {name: dumps(rows) for name, rows in parts.items()}
     except DRIVER_DATA_ERRORS as exc:
-        raise StoreError(f"the state store cannot take this data: {exc}") from exc
+        raise translate(exc) from exc
     return {
         **texts,
         "now": now,
@@ -176,6 +178,4 @@ def _translate(exc: psycopg.Error) -> StoreError:
         return StoreError(
             f"state store error: {detail}; run `entities migrate` to bring the database up to date"
         )
-    if isinstance(exc, DRIVER_DATA_ERRORS):
-        return StoreError(f"the state store cannot take this data: {exc}")
-    return StoreError(f"state store error: {exc}")
+    return translate(exc)

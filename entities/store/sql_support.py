@@ -9,16 +9,47 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError, StatementError
 
 from entities import clock
-from entities.errors import ConfigurationError, FenceError, StoreError
+from entities.errors import ConfigurationError, DataRefused, FenceError, StoreError
 
 T = TypeVar("T")
 
 #: Raised by drivers and JSON serializers, unwrapped, for values they cannot send
-#: (a lone surrogate in a str, a non-JSON object in a JSON column).
-DRIVER_DATA_ERRORS = (UnicodeError, TypeError, ValueError)
+#: (a lone surrogate in a str, a non-JSON object in a JSON column, an int too large).
+DRIVER_DATA_ERRORS = (UnicodeError, TypeError, ValueError, OverflowError)
+#: SQLSTATE classes of errors caused by the values sent, not by the server or the link:
+#: 22 data exception (NUL or untranslatable text, numeric out of range, ...), 54 program
+#: limit exceeded (a value too large for an index or a JSON document).
+_DATA_SQLSTATE_CLASSES = ("22", "54")
+
+
+def refused_data(exc: BaseException) -> bool:
+    """True if ``exc`` says the store refused a value it was sent (the data's fault).
+
+    Connection loss, timeouts and server errors are not: they are the store's, and
+    retrying may help.
+    """
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        exc = exc.orig  # SQLAlchemy's wrapper around what the driver raised
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate[:2] in _DATA_SQLSTATE_CLASSES
+    # PEP 249 names the error for "problems with the processed data" DataError in every
+    # driver (psycopg raises it, with no SQLSTATE, for a NUL it refuses to send).
+    if any(cls.__name__ == "DataError" for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, DRIVER_DATA_ERRORS)
+
+
+def translate(exc: BaseException) -> StoreError:
+    """The project's error for a driver error: DataRefused if the data was refused, else
+    StoreError (the one place, with :func:`entities.store.sql_commit.commit`'s fences,
+    where driver errors are translated)."""
+    if refused_data(exc):
+        return DataRefused(f"the state store cannot take this data: {exc}")
+    return StoreError(f"state store error: {exc}")
 
 
 def utcnow() -> dt.datetime:
@@ -56,10 +87,8 @@ class SQLTables:
             raise
         except IntegrityError as exc:
             raise FenceError(f"a concurrent writer got there first: {exc.orig}") from exc
-        except SQLAlchemyError as exc:
-            raise StoreError(f"state store error: {exc}") from exc
-        except DRIVER_DATA_ERRORS as exc:
-            raise StoreError(f"the state store cannot take this data: {exc}") from exc
+        except (SQLAlchemyError, *DRIVER_DATA_ERRORS) as exc:
+            raise translate(exc) from exc
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
         try:
@@ -69,7 +98,5 @@ class SQLTables:
                     # ROLLBACK round trip a pooled connection otherwise pays on return.
                     conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 return fn(conn)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"state store error: {exc}") from exc
-        except DRIVER_DATA_ERRORS as exc:
-            raise StoreError(f"the state store cannot take this data: {exc}") from exc
+        except (SQLAlchemyError, *DRIVER_DATA_ERRORS) as exc:
+            raise translate(exc) from exc
