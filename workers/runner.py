@@ -11,6 +11,18 @@ later message, since acknowledgement is positional) waits for the flush that
 commits them. A failure before the acknowledgement leaves the messages in
 flight; they are fetched again from the oldest and the processed-message
 records make the second pass apply nothing twice.
+
+Invariant: no message content can stall a partition. A failure the store or
+broker causes (a lost connection, a version race) is retried with backoff and
+blames no message. A failure a message's content may cause (an unexpected
+error while applying, or :class:`~entities.errors.DataRefused`: a value the
+store refuses) is a strike against the unacknowledged messages it touched;
+strikes are forgotten only once the runner is past every one of those messages
+(acknowledged), never merely because some later batch went through. After
+``POISON_STRIKES`` the runner isolates: it applies one message at a time,
+committing and acknowledging each before fetching the next, so a failure is
+always the oldest in-flight message's own, and that message, failing
+``POISON_STRIKES`` times alone, is dead-lettered with an error reply.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from collections.abc import Callable
 import redis
 
 from entities import telemetry
-from entities.errors import BadMessage, FenceError, StoreError
+from entities.errors import BadMessage, DataRefused, FenceError, StoreError
 from entities.messages import parse_envelope
 from entities.routing import queue_name
 from entities.store import CommitBatch, DeadLetter, OutboxMessage
@@ -85,13 +97,13 @@ class PartitionRunner(threading.Thread):
             partition, processor.store, processor.settings, publish, self._stopping
         )
         self.holds = Holds(queues.client, partition)
-        # A message that makes applying fail for a reason that is not the store's or the
-        # broker's (a bug) would otherwise be retried forever and stall the partition:
-        # after POISON_STRIKES failures the runner fetches one message at a time, and a
-        # lone message that still fails is dead-lettered and acknowledged.
+        # Poison isolation (see the module docstring): strikes count failures that the
+        # content of the ``_suspects`` oldest unacknowledged messages may have caused.
         self._strikes = 0
+        self._suspects = 0
         self._fetch_size = batch_size
-        self._current: list[bytes] = []
+        self._current: list[bytes] = []  # the batch being applied in this step
+        self._exposed = 0  # unacknowledged messages whose effects this step touches
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
         # This runner's own Redis connection; each fetch also renews the lease.
         self.lane = queues.lane(partition, token, int(processor.settings.lease_ttl_s * 1000))
@@ -138,13 +150,24 @@ class PartitionRunner(threading.Thread):
                     telemetry.emit("partition.zombie", partition=self.partition, epoch=self.epoch)
                     break
                 backoff = self._recover(backoff, exc)
+            except DataRefused as exc:  # a message's content: the store will never take it
+                suspects = max(self.pending, self._exposed)
+                backoff = self._recover(backoff, exc)
+                try:
+                    self._strike(exc, suspects)
+                except LeaseLost:
+                    reason = "lease lost"
+                    break
+                except Exception:
+                    log.exception("partition %s: could not set a message aside", self.partition)
             except (StoreError, redis.RedisError, OSError) as exc:
                 backoff = self._recover(backoff, exc)
             except Exception as exc:  # a bug: keep the messages, log loudly, retry
                 log.exception("partition %s: unexpected error; retrying", self.partition)
+                suspects = max(self.pending, self._exposed)
                 backoff = self._recover(backoff, exc)
                 try:
-                    self._strike(exc)
+                    self._strike(exc, suspects)
                 except LeaseLost:
                     reason = "lease lost"
                     break
@@ -157,6 +180,7 @@ class PartitionRunner(threading.Thread):
 
     def _step(self) -> bool:
         """One iteration; False if the lease is lost."""
+        self._current, self._exposed = [], 0
         self._timers()
         if self.outbox.backlog:
             self.outbox.publish_backlog()  # a predecessor's rows go out before any of ours
@@ -177,9 +201,8 @@ class PartitionRunner(threading.Thread):
         if not raws:
             return True
         started, started_at = time.perf_counter(), time.time()
-        self._current = raws
+        self._current, self._exposed = raws, self.pending + len(raws)
         result = self.processor.process(raws, self.epoch, control.held)
-        self._strikes = 0
         self._unsent.extend(result.outcomes)
         self._publish(result.outbox)
         if result.held:
@@ -196,9 +219,15 @@ class PartitionRunner(threading.Thread):
             raws=raws,
             outcomes=result.outcomes,
         )
-        if self.processor.dirty and self.pending >= self.processor.settings.max_unacked:
-            self._flush()
+        if self._isolating or (
+            self.processor.dirty and self.pending >= self.processor.settings.max_unacked
+        ):
+            self._flush()  # isolating: this message is committed and acknowledged alone
         return True
+
+    @property
+    def _isolating(self) -> bool:
+        return self._fetch_size == 1 and self._suspects > 0
 
     def _exchange(self) -> Fetched | None:
         """Stores the unsent replies, acknowledges what is committed, waits if the queue
@@ -214,6 +243,7 @@ class PartitionRunner(threading.Thread):
         )
         if fetched is not None:
             self.pending -= ack
+            self._passed(ack)
         return fetched
 
     def _take_replies(self) -> Replies:
@@ -247,28 +277,37 @@ class PartitionRunner(threading.Thread):
         replies = self._take_replies()
         if not self.lane.settle(replies, self.pending):
             raise LeaseLost(self.partition)
-        self.pending = 0
+        acked, self.pending = self.pending, 0
+        self._passed(acked)
         return True
 
     def _publish(self, outbox: list[OutboxMessage]) -> None:
         self.outbox.publish(outbox)
 
-    def _strike(self, exc: BaseException) -> None:
-        """Counts an unexpected failure; isolates, then dead-letters, a poison message."""
+    def _strike(self, exc: BaseException, suspects: int) -> None:
+        """Counts a failure the content of the ``suspects`` oldest unacknowledged messages
+        may have caused; isolates them, then dead-letters the one that fails alone."""
+        if suspects == 0:
+            return  # nothing unacknowledged was touched: no message to blame
+        self._suspects = max(self._suspects, suspects)
         self._strikes += 1
-        if self._strikes < POISON_STRIKES or not self._current:
+        if self._strikes < POISON_STRIKES:
             return
         self._strikes = 0
-        if self._fetch_size > 1:
+        if not self._isolating:
             log.error(
-                "partition %s: repeated unexpected errors; applying one message at a "
-                "time to find the one that fails",
+                "partition %s: repeated errors a message may cause; applying one message at "
+                "a time to find the one that fails",
                 self.partition,
             )
             self._fetch_size = 1
             return
+        if len(self._current) != 1:
+            return  # isolating, yet the failure was outside a message's step: retry it
+        # Isolating, every message is acknowledged before the next is fetched, so the
+        # one that failed alone is the oldest in flight.
         raw = self._current[0]
-        reason = f"applying it failed {POISON_STRIKES} times with an unexpected error: {exc!r}"
+        reason = f"applying it failed {POISON_STRIKES} times: {exc!r}"
         log.error("partition %s: dead-lettering a message: %s", self.partition, reason)
         self.processor.store.commit(
             CommitBatch(
@@ -286,8 +325,22 @@ class PartitionRunner(threading.Thread):
             self.replies.write([Outcome.failure(env.task_id, BadMessage(reason))])
         if not self.lane.settle(NO_REPLIES, 1):
             raise LeaseLost(self.partition)
-        self._fetch_size = self.batch_size
+        self._current = []
+        self._passed(1)
         telemetry.emit("message.dead_lettered", queue=queue_name(self.partition), reason=reason)
+
+    def _passed(self, acked: int) -> None:
+        """Forgets strikes once ``acked`` more messages are acknowledged past the suspects."""
+        if not (acked and self._suspects):
+            return
+        if self._isolating:
+            self._strikes = 0  # a new oldest message: its own strikes start at 0
+        self._suspects = max(0, self._suspects - acked)
+        if self._suspects == 0:
+            self._strikes = 0
+            if self._fetch_size != self.batch_size:
+                log.info("partition %s: past the failing messages; batching again", self.partition)
+            self._fetch_size = self.batch_size
 
     def _recover(self, backoff: float, exc: BaseException) -> float:
         # Every message not acknowledged is fetched again, from the oldest; those
