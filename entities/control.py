@@ -9,7 +9,10 @@ way: held messages live in Redis like queued ones.
 
 Pausing takes effect at the owner's next batch (well under a second); the
 owner carries out an entity's resume between batches, so ``resume_entity``
-waits for it (``wait_s``) unless told not to.
+waits for it (``wait_s``) unless told not to. The last call wins: a pause
+takes the entity out of the set of entities to resume in the same atomic step
+that marks it paused, and the owner resumes only what is still in that set, so
+pause, resume, pause in quick succession leaves the entity paused.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ if TYPE_CHECKING:
     import redis
 
     from entities.model import Entity
+
+
+# KEYS: held set, resume set. ARGV: member. Asks for a resume only if the entity is paused.
+_ASK_RESUME = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,18 +103,19 @@ def resume_entity(
 ) -> None:
     """Lets an entity's held messages flow again, oldest first, then new ones.
 
-    Waits up to ``wait_s`` seconds for the partition's owner to carry it out
-    (``None``: don't wait); raises EntityError if no owner did in time.
+    A pause of the same entity made after this call wins over it. Waits up to
+    ``wait_s`` seconds for the partition's owner to carry it out (``None``: don't
+    wait); raises EntityError if no owner did in time.
     """
     partition, member = _where(entity_type, entity_id)
     r = _redis()
-    if not r.sismember(held_set_key(partition), member):
-        return
-    r.sadd(resume_set_key(partition), member)
+    if not r.eval(_ASK_RESUME, 2, held_set_key(partition), resume_set_key(partition), member):
+        return  # not paused
     if wait_s is None:
         return
     deadline = time.monotonic() + wait_s
-    while r.sismember(held_set_key(partition), member):
+    # Done when the owner resumed it, or a later pause withdrew the request.
+    while r.sismember(resume_set_key(partition), member):
         if time.monotonic() > deadline:
             raise EntityError(
                 f"no worker resumed {registry.type_name(entity_type)} {entity_id!r} within "

@@ -77,3 +77,9 @@ def entity_key(entity_type: str, entity_id: str) -> str:
 def held_list_key(partition: int, member: str) -> str:
     """The Redis list of a paused entity's held messages, oldest first."""
     return f"{held_set_key(partition)}:{member}"
+
+
+def held_seen_key(partition: int, member: str) -> str:
+    """The Redis set of the SHA-1 digests of the messages in a paused entity's held list
+    (its own prefix: no member's held list can share its name)."""
+    return f"{queue_name(partition)}.heldseen:{member}"

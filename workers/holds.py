@@ -2,12 +2,24 @@
 
 Every fetch tells the runner whether its partition is paused and whether any
 of its entities is paused or to be resumed; only then are their names read
-(at most every ``REFRESH_S``). Messages of paused entities are held
-with one script that appends them to the entity's held list unless already
-there (a redelivered batch holds nothing twice). Resuming happens only
-between batches, when every in-flight message is unprocessed: one script puts
-the in-flight messages back at the head of the queue and the held ones ahead
-of them, oldest first, so each entity's order is kept.
+(at most every ``REFRESH_S``). Messages of paused entities are held with one
+script per entity that appends them, in order, to the entity's held list.
+
+Invariants, each kept inside one script so no interleaving breaks it:
+
+- holding is O(1) per message and holds nothing twice: the SHA-1 of every
+  held message is kept in a set beside the list, so a redelivered batch (its
+  owner died between the hold and the acknowledgement) finds its messages
+  there and appends none of them again;
+- only the lease holder holds or resumes: both scripts check the lease token,
+  so a stale owner cannot re-hold a message another owner already released;
+- a resume never undoes a later pause: the owner resumes an entity only if it
+  is still in the resume set, which every pause empties of it atomically;
+- resuming keeps each entity's order and loses nothing: it happens only
+  between batches, when every in-flight message is unprocessed; the in-flight
+  messages go back at the head of the queue and the held ones ahead of them,
+  oldest first, each once (a held message still in flight goes back once, from
+  the held list).
 """
 
 from __future__ import annotations
@@ -18,7 +30,9 @@ import time
 import redis
 
 from entities.routing import (
+    entity_key,
     held_list_key,
+    held_seen_key,
     held_set_key,
     inflight_key,
     lease_key,
@@ -31,30 +45,61 @@ from workers.memory import Key
 #: Seconds between reads of the control state while messages flow.
 REFRESH_S = 0.25
 
-# KEYS: held list. ARGV: raw messages, oldest first. Appends those not there yet.
+# KEYS: lease, held list, seen set. ARGV: token, raw messages oldest first. Appends those
+# not held yet; returns how many, or -1 if the lease is not ours. A held list left by a
+# version without the seen set gets its set built once.
 _HOLD = """
-for i, raw in ipairs(ARGV) do
-  if not redis.call('LPOS', KEYS[1], raw) then redis.call('RPUSH', KEYS[1], raw) end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('LLEN', KEYS[2]) > 0 then
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+    redis.call('SADD', KEYS[3], redis.sha1hex(raw))
+  end
 end
-return 1
+local added = 0
+for i = 2, #ARGV do
+  if redis.call('SADD', KEYS[3], redis.sha1hex(ARGV[i])) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    added = added + 1
+  end
+end
+return added
 """
 
-# KEYS: queue, inflight, lease, held set, resume set, held list. ARGV: token, member.
+# KEYS: queue, inflight, lease, held set, resume set, then per member its held list and
+# seen set. ARGV: token, members. -1 if the lease is not ours. Else resumes each member
+# still in the resume set (one a later pause took out of it stays paused) and returns how
+# many: the in-flight messages go back to the head of the queue, except those held by a
+# member being resumed, then each such member's held messages ahead of them.
 _RESUME = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
+local members = {}
+for i = 2, #ARGV do
+  if redis.call('SISMEMBER', KEYS[5], ARGV[i]) == 1 then
+    members[#members + 1] = {ARGV[i], KEYS[4 + 2 * (i - 1)], KEYS[5 + 2 * (i - 1)]}
+  end
+end
+if #members == 0 then return 0 end
 local v = redis.call('LPOP', KEYS[2])
 while v do
-  redis.call('RPUSH', KEYS[1], v)
+  local digest = redis.sha1hex(v)
+  local held = false
+  for _, m in ipairs(members) do
+    if redis.call('SISMEMBER', m[3], digest) == 1 then held = true end
+  end
+  if not held then redis.call('RPUSH', KEYS[1], v) end
   v = redis.call('LPOP', KEYS[2])
 end
-v = redis.call('RPOP', KEYS[6])
-while v do
-  redis.call('RPUSH', KEYS[1], v)
-  v = redis.call('RPOP', KEYS[6])
+for _, m in ipairs(members) do
+  v = redis.call('RPOP', m[2])
+  while v do
+    redis.call('RPUSH', KEYS[1], v)
+    v = redis.call('RPOP', m[2])
+  end
+  redis.call('DEL', m[3])
+  redis.call('SREM', KEYS[4], m[1])
+  redis.call('SREM', KEYS[5], m[1])
 end
-redis.call('SREM', KEYS[4], ARGV[2])
-redis.call('SREM', KEYS[5], ARGV[2])
-return 1
+return #members
 """
 
 
@@ -110,19 +155,32 @@ class Holds:
             )
         return self.control
 
-    def hold(self, raws_by_entity: dict[Key, list[bytes]]) -> None:
-        """Appends each paused entity's messages to its held list, in order, once."""
+    def hold(self, raws_by_entity: dict[Key, list[bytes]], token: str) -> bool:
+        """Appends each paused entity's messages to its held list, in order, once.
+
+        Returns False (holding nothing more) if the lease is no longer ``token``'s.
+        """
+        p = self.partition
         for (entity_type, entity_id), raws in raws_by_entity.items():
-            member = f"{entity_type}\x00{entity_id}"
-            self._hold(keys=[held_list_key(self.partition, member)], args=raws)
+            member = entity_key(entity_type, entity_id)
+            added = self._hold(
+                keys=[lease_key(p), held_list_key(p, member), held_seen_key(p, member)],
+                args=[token, *raws],
+            )
+            if int(added) < 0:
+                return False
+        return True
 
     def resume(self, token: str) -> bool:
-        """Resumes every entity asked for; call only with nothing applied-but-unacked.
+        """Resumes every entity asked for that no later pause kept paused; call only with
+        nothing applied-but-unacked.
 
         Returns False if the lease is no longer ours.
         """
         p = self.partition
-        for member in self.control.resume:
+        members = self.control.resume
+        if members:
+            lists = [k for m in members for k in (held_list_key(p, m), held_seen_key(p, m))]
             done = self._resume(
                 keys=[
                     queue_name(p),
@@ -130,9 +188,9 @@ class Holds:
                     lease_key(p),
                     held_set_key(p),
                     resume_set_key(p),
-                    held_list_key(p, member),
+                    *lists,
                 ],
-                args=[token, member],
+                args=[token, *members],
             )
             if int(done) < 0:
                 return False

@@ -205,8 +205,8 @@ class PartitionRunner(threading.Thread):
         result = self.processor.process(raws, self.epoch, control.held)
         self._unsent.extend(result.outcomes)
         self._publish(result.outbox)
-        if result.held:
-            self.holds.hold(result.held)
+        if result.held and not self.holds.hold(result.held, self.token):
+            raise LeaseLost(self.partition)
         if result.misrouted:
             self.queues.forward(result.misrouted)
         self.pending += len(raws)
