@@ -243,3 +243,24 @@ def test_a_message_whose_value_the_store_refuses_is_dead_lettered(  # type: igno
     finally:
         runner.stop()
         exited.wait(10)
+
+
+@pytest.mark.no_services
+def test_strikes_are_forgotten_only_past_every_suspect() -> None:
+    """Given failures that touched the 2 oldest unacknowledged messages, when one message is
+    acknowledged in between, then the strikes still add up to isolation; isolating, a lone
+    message failing POISON_STRIKES times is to be dead-lettered, and once every suspect is
+    acknowledged the runner batches again."""
+    from workers.poison import POISON_STRIKES, Isolation
+
+    iso = Isolation(PARTITION, batch_size=200)
+    assert not iso.strike(suspects=2, lone=False)
+    iso.passed(1)  # a relaxed message before the poison went through: not past it yet
+    for _ in range(POISON_STRIKES - 1):
+        assert not iso.strike(suspects=1, lone=False)
+    assert iso.active and iso.fetch_size == 1
+    assert [iso.strike(suspects=1, lone=True) for _ in range(POISON_STRIKES)][-1]
+    iso.passed(1)  # the dead letter's acknowledgement
+    assert not iso.active and iso.fetch_size == 200 and iso.strikes == 0
+    assert not iso.strike(suspects=0, lone=True)  # nothing unacknowledged: nobody to blame
+    assert iso.strikes == 0

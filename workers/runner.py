@@ -12,17 +12,9 @@ commits them. A failure before the acknowledgement leaves the messages in
 flight; they are fetched again from the oldest and the processed-message
 records make the second pass apply nothing twice.
 
-Invariant: no message content can stall a partition. A failure the store or
-broker causes (a lost connection, a version race) is retried with backoff and
-blames no message. A failure a message's content may cause (an unexpected
-error while applying, or :class:`~entities.errors.DataRefused`: a value the
-store refuses) is a strike against the unacknowledged messages it touched;
-strikes are forgotten only once the runner is past every one of those messages
-(acknowledged), never merely because some later batch went through. After
-``POISON_STRIKES`` the runner isolates: it applies one message at a time,
-committing and acknowledging each before fetching the next, so a failure is
-always the oldest in-flight message's own, and that message, failing
-``POISON_STRIKES`` times alone, is dead-lettered with an error reply.
+A message whose content makes applying fail never stalls the partition: the
+runner reports each failure to its :class:`~workers.poison.Isolation`, which
+finds and dead-letters that message (the invariant is stated there).
 """
 
 from __future__ import annotations
@@ -43,6 +35,7 @@ from entities.store import CommitBatch, DeadLetter, OutboxMessage
 from workers.broker import NO_REPLIES, Fetched, PartitionQueues, Replies
 from workers.holds import Holds
 from workers.outbox import OutboxPublisher, Publisher
+from workers.poison import POISON_STRIKES, Isolation
 from workers.processor import Outcome, Processor
 from workers.replies import ReplyWriter
 
@@ -52,8 +45,6 @@ log = logging.getLogger(__name__)
 WAIT_S = 0.5
 #: Seconds between sweeps of idle entities.
 SWEEP_EVERY_S = 1.0
-#: Unexpected failures in a row before the runner isolates, then dead-letters, a message.
-POISON_STRIKES = 3
 #: Backoff bounds in seconds after an infrastructure error.
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
 
@@ -97,11 +88,7 @@ class PartitionRunner(threading.Thread):
             partition, processor.store, processor.settings, publish, self._stopping
         )
         self.holds = Holds(queues.client, partition)
-        # Poison isolation (see the module docstring): strikes count failures that the
-        # content of the ``_suspects`` oldest unacknowledged messages may have caused.
-        self._strikes = 0
-        self._suspects = 0
-        self._fetch_size = batch_size
+        self.isolation = Isolation(partition, batch_size)
         self._current: list[bytes] = []  # the batch being applied in this step
         self._exposed = 0  # unacknowledged messages whose effects this step touches
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
@@ -151,28 +138,20 @@ class PartitionRunner(threading.Thread):
                     break
                 backoff = self._recover(backoff, exc)
             except DataRefused as exc:  # a message's content: the store will never take it
-                suspects = max(self.pending, self._exposed)
-                backoff = self._recover(backoff, exc)
-                try:
-                    self._strike(exc, suspects)
-                except LeaseLost:
+                retry = self._blame(backoff, exc)
+                if retry is None:
                     reason = "lease lost"
                     break
-                except Exception:
-                    log.exception("partition %s: could not set a message aside", self.partition)
+                backoff = retry
             except (StoreError, redis.RedisError, OSError) as exc:
                 backoff = self._recover(backoff, exc)
             except Exception as exc:  # a bug: keep the messages, log loudly, retry
                 log.exception("partition %s: unexpected error; retrying", self.partition)
-                suspects = max(self.pending, self._exposed)
-                backoff = self._recover(backoff, exc)
-                try:
-                    self._strike(exc, suspects)
-                except LeaseLost:
+                retry = self._blame(backoff, exc)
+                if retry is None:
                     reason = "lease lost"
                     break
-                except Exception:
-                    log.exception("partition %s: could not set a message aside", self.partition)
+                backoff = retry
             if self._stopping.is_set() and self.pending == 0 and not self.processor.dirty:
                 break  # stopping after a failed flush: the next owner re-applies what is in flight
         self.lane.close()
@@ -197,7 +176,7 @@ class PartitionRunner(threading.Thread):
             self._stopping.wait(WAIT_S / 2)
             return True
         raws = fetched.raws
-        self._drained = len(raws) < self._fetch_size
+        self._drained = len(raws) < self.isolation.fetch_size
         if not raws:
             return True
         started, started_at = time.perf_counter(), time.time()
@@ -219,15 +198,11 @@ class PartitionRunner(threading.Thread):
             raws=raws,
             outcomes=result.outcomes,
         )
-        if self._isolating or (
+        if self.isolation.active or (
             self.processor.dirty and self.pending >= self.processor.settings.max_unacked
         ):
             self._flush()  # isolating: this message is committed and acknowledged alone
         return True
-
-    @property
-    def _isolating(self) -> bool:
-        return self._fetch_size == 1 and self._suspects > 0
 
     def _exchange(self) -> Fetched | None:
         """Stores the unsent replies, acknowledges what is committed, waits if the queue
@@ -239,11 +214,11 @@ class PartitionRunner(threading.Thread):
             due = self.processor.flush_in()
             wait = WAIT_S if due is None else max(0.001, min(WAIT_S, due))
         fetched = self.lane.exchange(
-            self._fetch_size, self.pending, replies=replies, ack=ack, wait_s=wait
+            self.isolation.fetch_size, self.pending, replies=replies, ack=ack, wait_s=wait
         )
         if fetched is not None:
             self.pending -= ack
-            self._passed(ack)
+            self.isolation.passed(ack)
         return fetched
 
     def _take_replies(self) -> Replies:
@@ -278,35 +253,32 @@ class PartitionRunner(threading.Thread):
         if not self.lane.settle(replies, self.pending):
             raise LeaseLost(self.partition)
         acked, self.pending = self.pending, 0
-        self._passed(acked)
+        self.isolation.passed(acked)
         return True
 
     def _publish(self, outbox: list[OutboxMessage]) -> None:
         self.outbox.publish(outbox)
 
-    def _strike(self, exc: BaseException, suspects: int) -> None:
-        """Counts a failure the content of the ``suspects`` oldest unacknowledged messages
-        may have caused; isolates them, then dead-letters the one that fails alone."""
-        if suspects == 0:
-            return  # nothing unacknowledged was touched: no message to blame
-        self._suspects = max(self._suspects, suspects)
-        self._strikes += 1
-        if self._strikes < POISON_STRIKES:
-            return
-        self._strikes = 0
-        if not self._isolating:
-            log.error(
-                "partition %s: repeated errors a message may cause; applying one message at "
-                "a time to find the one that fails",
-                self.partition,
-            )
-            self._fetch_size = 1
-            return
-        if len(self._current) != 1:
-            return  # isolating, yet the failure was outside a message's step: retry it
-        # Isolating, every message is acknowledged before the next is fetched, so the
-        # one that failed alone is the oldest in flight.
-        raw = self._current[0]
+    def _blame(self, backoff: float, exc: BaseException) -> float | None:
+        """Recovers from a failure a message's content may have caused, counting it against
+        the unacknowledged messages it touched; returns the next backoff, or None if the
+        lease turned out lost."""
+        suspects = max(self.pending, self._exposed)
+        current = self._current
+        backoff = self._recover(backoff, exc)
+        try:
+            # Isolating, every message is acknowledged before the next is fetched, so a
+            # lone message that failed is the oldest in flight.
+            if self.isolation.strike(suspects, lone=len(current) == 1):
+                self._dead_letter(current[0], exc)
+        except LeaseLost:
+            return None
+        except Exception:
+            log.exception("partition %s: could not set a message aside", self.partition)
+        return backoff
+
+    def _dead_letter(self, raw: bytes, exc: BaseException) -> None:
+        """Sets the oldest in-flight message aside: a dead letter, an error reply, acked."""
         reason = f"applying it failed {POISON_STRIKES} times: {exc!r}"
         log.error("partition %s: dead-lettering a message: %s", self.partition, reason)
         self.processor.store.commit(
@@ -325,22 +297,8 @@ class PartitionRunner(threading.Thread):
             self.replies.write([Outcome.failure(env.task_id, BadMessage(reason))])
         if not self.lane.settle(NO_REPLIES, 1):
             raise LeaseLost(self.partition)
-        self._current = []
-        self._passed(1)
+        self.isolation.passed(1)
         telemetry.emit("message.dead_lettered", queue=queue_name(self.partition), reason=reason)
-
-    def _passed(self, acked: int) -> None:
-        """Forgets strikes once ``acked`` more messages are acknowledged past the suspects."""
-        if not (acked and self._suspects):
-            return
-        if self._isolating:
-            self._strikes = 0  # a new oldest message: its own strikes start at 0
-        self._suspects = max(0, self._suspects - acked)
-        if self._suspects == 0:
-            self._strikes = 0
-            if self._fetch_size != self.batch_size:
-                log.info("partition %s: past the failing messages; batching again", self.partition)
-            self._fetch_size = self.batch_size
 
     def _recover(self, backoff: float, exc: BaseException) -> float:
         # Every message not acknowledged is fetched again, from the oldest; those
