@@ -124,6 +124,12 @@ def validate_runtime_args(op: str, args: list[Any], kwargs: dict[str, Any]) -> N
             codec.check_json(change.payload, f"{op} payload")
         except StateError as exc:
             raise BadMessage(str(exc)) from None
+    elif op == OP_SEND_FAILED:
+        from entities.sends import SendFailure
+
+        if len(args) != 1:
+            raise BadMessage(f"op {op!r} takes args [failure], got {len(args)} args")
+        SendFailure.from_json(args[0])
     elif op == OP_ALARM:
         if len(args) != 3:
             raise BadMessage(
