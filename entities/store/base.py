@@ -83,7 +83,7 @@ class OutboxMessage:
     entity_id: str
     msg: dict[str, Any]
     created_at: dt.datetime | None = None  # when its commit happened (set when read back)
-    sender: Key | None = None  # the entity that sent it (None: written before 0008)
+    sender: Key | None = None  # the entity that sent it (None: written before 0005)
 
 
 @dataclasses.dataclass(frozen=True)

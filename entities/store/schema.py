@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import JSON as PGJSON
 from sqlalchemy.engine import Dialect
 
 #: The Alembic revision this code expects; `entities migrate` brings a database to it.
-HEAD_REVISION = "0008_outbox_sender"
+HEAD_REVISION = "0005_outbox_sender"
 
 metadata = sa.MetaData()
 

@@ -6,7 +6,7 @@ logged, counted and dead-lettered, naming only the receiver. Adding nullable
 columns without a default changes only the catalog (no table rewrite): the
 ACCESS EXCLUSIVE lock on entity_outbox lasts milliseconds.
 
-Revision ID: 0008_outbox_sender
+Revision ID: 0005_outbox_sender
 Revises: 0003_commit_fences
 Create Date: 2026-12-05
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_outbox_sender"
+revision = "0005_outbox_sender"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
