@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,15 +355,90 @@ class TestStoreContract:
         assert found["m2"].reply is None
         assert backend.processed([]) == {}
 
-    def test_purge_processed_removes_only_older_records(self, backend: SQLStore) -> None:
-        """Given a record made now, then purging before an hour ago keeps it; now+5 s drops it."""
+    @pytest.mark.parametrize("letters", [[], [DeadLetter("q", "r", "raw")]], ids=["fast", "full"])
+    def test_a_commit_returns_the_records_of_its_lookups(
+        self, backend: SQLStore, letters: list[DeadLetter]
+    ) -> None:
+        """Given m1 recorded, when a batch looks up m1 and m9 (messages it records nothing
+        for), then the commit returns m1's record with its reply, and so does a batch
+        that writes nothing."""
+        epoch = backend.claim_partition(0, "owner")
+        backend.commit(CommitBatch(0, epoch, processed=[processed("m1", {"paid": 5})]))
+        found = backend.commit(
+            CommitBatch(
+                0,
+                epoch,
+                writes=[Write("t", "b", 0, 1, {"n": 1})],
+                processed=[processed("m2", 2)],
+                dead_letters=letters,
+                lookups=["m1", "m9"],
+            )
+        )
+        assert found == {"m1": Processed("m1", "t", "a", 0, True, {"paid": 5})}
+        assert backend.load("t", "b").state == {"n": 1}
+        assert sorted(backend.processed(["m1", "m2"])) == ["m1", "m2"]
+        assert backend.commit(CommitBatch(0, epoch, lookups=["m2", "m9"])) == {
+            "m2": Processed("m2", "t", "a", 0, True, 2)
+        }
+        assert backend.commit(CommitBatch(0, epoch)) == {}
+
+    def test_a_partition_with_no_watermark_purges_nothing(self, backend: SQLStore) -> None:
+        """Given records however old, when no acknowledgement watermark was noted, then a
+        purge with no retention at all keeps every one."""
         backend.commit(CommitBatch(0, None, processed=[processed("m1")]))
-        now = dt.datetime.now(UTC)
-        assert backend.purge_processed(now - dt.timedelta(hours=1)) == 0
+        assert backend.purge_processed(0) == 0
         assert sorted(backend.processed(["m1"])) == ["m1"]
-        # The same instant written at another offset means the same thing.
-        later = (now + dt.timedelta(seconds=5)).astimezone(dt.timezone(dt.timedelta(hours=-8)))
-        assert backend.purge_processed(later) == 1
+
+    def test_records_go_only_once_a_watermark_after_them_is_the_retention_old(
+        self, backend: SQLStore
+    ) -> None:
+        """Given m1 committed, a watermark W1, then m2 and (later) a watermark W2, then a
+        purge deletes the records committed before the latest watermark at least the
+        retention old, in that watermark's partition only: nothing while W1 is young,
+        m1 once W1 is old enough but W2 is not, m2 once W2 is."""
+        epoch = backend.claim_partition(0, "owner")
+        other = backend.claim_partition(1, "owner")
+        backend.commit(CommitBatch(0, epoch, processed=[processed("m1")]))
+        backend.commit(CommitBatch(1, other, processed=[Processed("o1", "t", "o", 1, True, 1)]))
+        backend.note_acked(0, epoch)
+        backend.commit(CommitBatch(0, epoch, processed=[processed("m2")]))
+        assert backend.purge_processed(3600) == 0
+        time.sleep(0.5)
+        backend.note_acked(0, epoch)
+        assert backend.purge_processed(0.3) == 1
+        assert sorted(backend.processed(["m1", "m2", "o1"])) == ["m2", "o1"]
+        assert backend.purge_processed(0) == 1
+        assert sorted(backend.processed(["m1", "m2", "o1"])) == ["o1"]
+
+    def test_a_watermark_is_fenced_by_the_epoch(self, backend: SQLStore) -> None:
+        """Given an owner whose partition was claimed again, when it notes a watermark,
+        then it is refused as a stale epoch and nothing becomes purgeable."""
+        old = backend.claim_partition(0, "old-owner")
+        backend.claim_partition(0, "new-owner")
+        backend.commit(CommitBatch(0, None, processed=[processed("m1")]))
+        with pytest.raises(FenceError) as err:
+            backend.note_acked(0, old)
+        assert err.value.stale_epoch is True
+        assert backend.purge_processed(0) == 0
+
+    @pytest.mark.parametrize("letters", [[], [DeadLetter("q", "r", "raw")]], ids=["fast", "full"])
+    def test_records_and_watermarks_take_one_clock(
+        self, backend: SQLStore, letters: list[DeadLetter]
+    ) -> None:
+        """Given the runtime's clock an hour ahead of the database's, when a record is
+        committed and then a watermark noted, then the record is before the watermark
+        (both on the store's clock) and a purge removes it."""
+        epoch = backend.claim_partition(0, "owner")
+        ahead = clock.VirtualClock(dt.datetime.now(UTC) + dt.timedelta(hours=1))
+        previous = clock.install(ahead)
+        try:
+            backend.commit(CommitBatch(0, epoch, processed=[processed("m1")], dead_letters=letters))
+            ahead.advance(0.001)
+            backend.note_acked(0, epoch)
+            ahead.advance(0.001)
+            assert backend.purge_processed(0) == 1
+        finally:
+            clock.install(previous)
         assert backend.processed(["m1"]) == {}
 
     # -- alarms ------------------------------------------------------------------------

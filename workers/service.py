@@ -23,7 +23,6 @@ at most that long.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import itertools
 import json
 import logging
@@ -37,7 +36,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from entities import clock, registry
+from entities import registry
 from entities.inspect import STATS_KEY, WORKERS_KEY, lease_token
 from entities.messages import SENDER_HEADER
 from entities.routing import TASK_NAME
@@ -473,7 +472,13 @@ class PartitionService:
         if now - self._last_purge < PURGE_EVERY_S:
             return
         self._last_purge = now
-        cutoff = clock.now() - dt.timedelta(seconds=self.settings.dedup_retention_s)
-        removed = self.store.purge_processed(cutoff)
+        # Only records whose message was acknowledged at least the retention ago (the
+        # partitions' watermarks say when): never one whose message may come again.
+        retention_s = self.settings.dedup_retention_s
+        removed = self.store.purge_processed(retention_s)
         if removed:
-            log.info("purged %s processed-message records older than %s", removed, cutoff)
+            log.info(
+                "purged %s processed-message records acknowledged over %ss ago",
+                removed,
+                retention_s,
+            )

@@ -9,6 +9,16 @@ Every JSON value a commit writes (a state, a reply, an alarm payload, an outbox
 message) reads back exactly: equal, with the same types (1.0 a float, 1 an
 int), the same float signs and the dict keys in the same order
 (tests/test_exact_json.py holds every backend to it over the codec's values).
+
+Processed-message records are the dedup of redeliveries and resends. Their
+invariant: a record is never purged while its message is queued, in flight,
+held or unacknowledged, and the resend window (``ENTITIES_DEDUP_RETENTION``)
+counts from the acknowledgement. A record's commit time (``processed_at``) is the store's
+clock at its commit (the database server's on Postgres); a partition's owner
+notes acknowledgement watermarks on the same clock (:meth:`Store.note_acked`),
+and a purge deletes only records committed before the latest watermark of
+their partition that is at least the retention old. A partition with no such
+watermark purges nothing.
 """
 
 from __future__ import annotations
@@ -153,6 +163,10 @@ class CommitBatch:
     alarms: list[AlarmChange] = dataclasses.field(default_factory=list)
     outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
+    #: Message ids whose records the commit looks up and returns (it writes nothing
+    #: for them): messages of the batch that recorded nothing, any of which may be a
+    #: redelivery of a message committed before.
+    lookups: list[str] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -210,8 +224,10 @@ class Store(abc.ABC):
         """The records of those ``message_ids`` already applied (within the retention)."""
 
     @abc.abstractmethod
-    def commit(self, batch: CommitBatch) -> None:
-        """Applies ``batch`` atomically, or nothing of it.
+    def commit(self, batch: CommitBatch) -> dict[str, Processed]:
+        """Applies ``batch`` atomically, or nothing of it; returns the records of
+        ``batch.lookups`` that were committed before it (in the same round trip where
+        the store can). A batch that writes nothing still looks them up.
 
         Alarm outcomes apply first, then ``alarm_clears`` (every alarm of each
         entity named is removed), then alarm changes: a handler that reschedules
@@ -239,8 +255,25 @@ class Store(abc.ABC):
         """Stored ids of ``entity_type`` in ascending order, after ``after``."""
 
     @abc.abstractmethod
-    def purge_processed(self, older_than: dt.datetime) -> int:
-        """Deletes processed-message records older than ``older_than``; returns how many."""
+    def note_acked(self, partition: int, epoch: int | None) -> None:
+        """Notes an acknowledgement watermark of ``partition`` at the store's clock now.
+
+        The caller (the partition's owner at ``epoch``) guarantees that every
+        message whose record it or an earlier owner committed is acknowledged at
+        this moment and none is held. Fenced like a commit: raises
+        FenceError(stale_epoch=True) and notes nothing unless the partition is
+        still at ``epoch``. One statement; the owner calls it at most every few
+        seconds (a late watermark only keeps records longer).
+        """
+
+    @abc.abstractmethod
+    def purge_processed(self, retention_s: float) -> int:
+        """Deletes the records whose message was acknowledged at least ``retention_s`` ago.
+
+        For each partition: the records committed before its latest watermark
+        noted at least ``retention_s`` ago (on the store's clock), and the
+        watermarks older than that one. Returns how many records it deleted.
+        """
 
     @abc.abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:

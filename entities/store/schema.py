@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import JSON as PGJSON
 from sqlalchemy.engine import Dialect
 
 #: The Alembic revision this code expects; `entities migrate` brings a database to it.
-HEAD_REVISION = "0005_outbox_sender"
+HEAD_REVISION = "0006_ack_watermarks"
 
 metadata = sa.MetaData()
 
@@ -133,6 +133,17 @@ dead_letters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("raw", sa.Text, nullable=False),
     sa.Column("created_at", TS, nullable=False),
+)
+
+#: Acknowledgement watermarks: at ``acked_before`` (the database's clock), every
+#: processed record of ``partition`` committed before that instant had its message
+#: acknowledged. A small history per partition, so the purge can pick the latest
+#: watermark noted at least the retention ago (see Store.purge_processed).
+acks = sa.Table(
+    "entity_acks",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("acked_before", TS, primary_key=True),
 )
 
 sa.Index("ix_entity_processed_at", processed.c.processed_at)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
 from entities.errors import ConfigurationError, FenceError, SchemaError
 from entities.store import schema as t
@@ -35,12 +34,10 @@ from entities.store.base import (
 )
 from entities.store.sql_alarms import AlarmTables
 from entities.store.sql_letters import LetterTables
+from entities.store.sql_records import RecordTables
 from entities.store.sql_support import (
-    DRIVER_DATA_ERRORS,
     _aware,
     _text,
-    _utc,
-    translate,
     utcnow,
 )
 
@@ -101,7 +98,7 @@ def make_engine(url: str, pool_size: int = 8, pre_ping: bool = True) -> Engine:
     )
 
 
-class SQLStore(AlarmTables, LetterTables, Store):
+class SQLStore(RecordTables, AlarmTables, LetterTables, Store):
     """The Store on a SQLAlchemy engine (Postgres or SQLite)."""
 
     def __init__(self, url_or_engine: str | Engine, pool_size: int = 8) -> None:
@@ -237,46 +234,21 @@ class SQLStore(AlarmTables, LetterTables, Store):
             query = query.where(t.snapshots.c.entity_id > after)
         return list(self._read(lambda c: c.execute(query).scalars().all()))
 
-    # -- processed messages ---------------------------------------------------
-
-    def processed(self, message_ids: Sequence[str]) -> dict[str, Processed]:
-        if not message_ids:
-            return {}
-        ids = list(message_ids)
-        if self.dialect == "postgresql":  # one array parameter: compiled once, whatever the count
-            match = t.processed.c.message_id == sa.any_(
-                sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.String))
-            )
-        else:
-            match = t.processed.c.message_id.in_(ids)
-        query = sa.select(t.processed).where(match)
-        rows = self._read(lambda c: c.execute(query).all())
-        return {
-            r.message_id: Processed(
-                r.message_id, r.entity_type, r.entity_id, r.partition, r.ok, r.reply
-            )
-            for r in rows
-        }
-
-    def purge_processed(self, older_than: dt.datetime) -> int:
-        with self._tx() as conn:
-            result = conn.execute(
-                sa.delete(t.processed).where(t.processed.c.processed_at < _utc(older_than))
-            )
-        return int(result.rowcount or 0)
-
     # -- the fenced commit ----------------------------------------------------
 
-    def commit(self, batch: CommitBatch) -> None:
+    def commit(self, batch: CommitBatch) -> dict[str, Processed]:
         if not batch:
-            return
+            return self.processed(batch.lookups)
         now = utcnow()
         if self.dialect == "postgresql" and sql_commit.takes(batch):
-            sql_commit.commit(self.engine, batch, now)
-            return
+            return sql_commit.commit(self.engine, batch, now)
         with self._tx() as conn:
+            recorded_at = now  # the store's clock: the server's on Postgres
             if batch.epoch is not None:
-                self._check_epoch(conn, batch.partition, batch.epoch)
+                recorded_at = self._check_epoch(conn, batch.partition, batch.epoch) or now
+            elif self.dialect == "postgresql" and batch.processed:
+                recorded_at = conn.execute(sa.select(sa.func.now())).scalar_one()
+            found = self._records(conn, batch.lookups) if batch.lookups else {}
             if self.dialect == "postgresql":
                 self._write_many(conn, batch.writes, now)
             else:
@@ -285,7 +257,7 @@ class SQLStore(AlarmTables, LetterTables, Store):
                         conn, w.entity_type, w.entity_id, w.expected_version, w.vsn, w.state, now
                     )
             if batch.processed:
-                self._record_processed(conn, batch.processed, now)
+                self._record_processed(conn, batch.processed, recorded_at)
             for outcome in batch.alarm_outcomes:
                 self._alarm_outcome(conn, outcome, now)
             for entity_type, entity_id in batch.alarm_clears:
@@ -324,6 +296,7 @@ class SQLStore(AlarmTables, LetterTables, Store):
                         for d in batch.dead_letters
                     ],
                 )
+        return found
 
     @staticmethod
     def _next_outbox_seq(conn: Connection, partitions: set[int], now: dt.datetime) -> int:
@@ -335,79 +308,6 @@ class SQLStore(AlarmTables, LetterTables, Store):
         ).scalar()
         clock_seq = int(now.timestamp() * 1_000_000)
         return clock_seq if last is None else max(clock_seq, int(last) + 1)
-
-    def _check_epoch(self, conn: Connection, partition: int, epoch: int) -> None:
-        current = conn.execute(
-            sa.select(t.partitions.c.epoch)
-            .where(t.partitions.c.partition == partition)
-            .with_for_update(read=True)
-        ).scalar()
-        if current != epoch:
-            raise FenceError(
-                f"partition {partition} is now at epoch {current}; this owner holds epoch "
-                f"{epoch} and may no longer commit",
-                stale_epoch=True,
-            )
-
-    def _record_processed(
-        self, conn: Connection, processed: list[Processed], now: dt.datetime
-    ) -> None:
-        """Inserts processed-message records; a message id already recorded fails the commit.
-
-        Postgres gets COPY, about three times faster than multi-row INSERTs for
-        the hundreds of rows of a batch; its driver errors are translated here.
-        """
-        if self.dialect != "postgresql":
-            try:
-                conn.execute(
-                    sa.insert(t.processed),
-                    [
-                        {
-                            "message_id": p.message_id,
-                            "entity_type": p.entity_type,
-                            "entity_id": p.entity_id,
-                            "partition": p.partition,
-                            "ok": p.ok,
-                            "reply": p.reply,
-                            "processed_at": now,
-                        }
-                        for p in processed
-                    ],
-                )
-            except IntegrityError as exc:
-                raise FenceError(
-                    f"a message of this batch was already recorded: {exc.orig}", duplicate=True
-                ) from exc
-            return
-        import psycopg
-
-        raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-        try:
-            with (
-                raw.cursor() as cur,
-                cur.copy(
-                    "COPY entity_processed (message_id, entity_type, entity_id, partition, ok, "
-                    "reply, processed_at) FROM STDIN"
-                ) as copy,
-            ):
-                for p in processed:
-                    copy.write_row(
-                        (
-                            p.message_id,
-                            p.entity_type,
-                            p.entity_id,
-                            p.partition,
-                            p.ok,
-                            t.dumps(p.reply),
-                            now,
-                        )
-                    )
-        except psycopg.errors.UniqueViolation as exc:
-            raise FenceError(
-                f"a message of this batch was already recorded: {exc}", duplicate=True
-            ) from exc
-        except (psycopg.Error, *DRIVER_DATA_ERRORS) as exc:
-            raise translate(exc) from exc
 
     def _write_many(self, conn: Connection, writes: list[Write], now: dt.datetime) -> None:
         """Fenced writes in three statements whatever their number (Postgres).

@@ -18,6 +18,11 @@ the error:
 - a new entity that exists already violates the snapshots' primary key, and a
   message id already recorded violates the processed records' one (a duplicate).
 
+The records take the server's clock (``now()``), the clock the acknowledgement
+watermarks and the purge use. The statement also returns the records already
+committed for the batch's ``lookups`` (messages that recorded nothing), so a
+redelivered message is recognised in the same round trip.
+
 Batches with deletions, alarms, outbox messages or dead letters take the
 general path in :mod:`entities.store.sql`.
 """
@@ -31,7 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from entities.errors import FenceError, StoreError
-from entities.store.base import CommitBatch
+from entities.store.base import CommitBatch, Processed
 from entities.store.schema import dumps
 from entities.store.sql_support import DRIVER_DATA_ERRORS, translate
 
@@ -62,7 +67,7 @@ WITH created AS (
 ), recorded AS (
     INSERT INTO entity_processed
         (message_id, entity_type, entity_id, partition, ok, reply, processed_at)
-    SELECT p.m, p.t, p.i, p.p, p.ok, p.r, %(now)s::timestamptz
+    SELECT p.m, p.t, p.i, p.p, p.ok, p.r, now()
     FROM json_to_recordset(%(processed)s::json)
         AS p(m text, t text, i text, p int, ok bool, r json)
     RETURNING 1
@@ -71,7 +76,11 @@ SELECT
     entities_fence_epoch(%(partition)s::int, %(epoch)s::bigint),
     entities_fence_rows((SELECT count(*) FROM updated), %(updates)s::bigint),
     (SELECT count(*) FROM created),
-    (SELECT count(*) FROM recorded)
+    (SELECT count(*) FROM recorded),
+    (SELECT json_agg(json_build_array(r.message_id, r.entity_type, r.entity_id,
+                                      r.partition, r.ok, r.reply))
+     FROM entity_processed AS r
+     WHERE r.message_id IN (SELECT json_array_elements_text(%(lookups)s::json)))
 """
 
 
@@ -87,8 +96,9 @@ def takes(batch: CommitBatch) -> bool:
     )
 
 
-def commit(engine: Engine, batch: CommitBatch, now: dt.datetime) -> None:
-    """Commits ``batch`` (one :func:`takes`) in one statement.
+def commit(engine: Engine, batch: CommitBatch, now: dt.datetime) -> dict[str, Processed]:
+    """Commits ``batch`` (one :func:`takes`) in one statement; returns the records of
+    ``batch.lookups`` committed before it.
 
     Raises FenceError (stale epoch, stale version, or ``duplicate``) or
     StoreError; in both cases nothing of the batch was committed.
@@ -103,11 +113,11 @@ def commit(engine: Engine, batch: CommitBatch, now: dt.datetime) -> None:
     pg: psycopg.Connection[Any] = proxy.driver_connection  # type: ignore[assignment]
     try:
         pg.autocommit = True  # the statement is its own transaction
-        pg.execute(_COMMIT, params)
+        row = pg.execute(_COMMIT, params).fetchone()
     except psycopg.Error as exc:
         if isinstance(exc, psycopg.OperationalError) or pg.closed:
             proxy.invalidate(exc)  # the connection may be broken: the pool drops it
-        raise _translate(exc) from exc
+        raise translate_fenced(exc) from exc
     except DRIVER_DATA_ERRORS as exc:
         raise translate(exc) from exc
     finally:
@@ -117,6 +127,8 @@ def commit(engine: Engine, batch: CommitBatch, now: dt.datetime) -> None:
         except psycopg.Error as exc:
             proxy.invalidate(exc)
         proxy.close()
+    found = (row[4] if row is not None else None) or []
+    return {r[0]: Processed(r[0], r[1], r[2], int(r[3]), bool(r[4]), r[5]) for r in found}
 
 
 def _params(batch: CommitBatch, now: dt.datetime) -> dict[str, Any]:
@@ -156,10 +168,12 @@ def _params(batch: CommitBatch, now: dt.datetime) -> dict[str, Any]:
         "partition": batch.partition,
         "epoch": batch.epoch,
         "updates": len(old),
+        "lookups": dumps(batch.lookups),
     }
 
 
-def _translate(exc: psycopg.Error) -> StoreError:
+def translate_fenced(exc: psycopg.Error) -> StoreError:
+    """The project's error for a psycopg error of a fenced statement."""
     import psycopg
 
     state = exc.sqlstate

@@ -8,11 +8,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError, StatementError
 
 from entities import clock
 from entities.errors import ConfigurationError, DataRefused, FenceError, StoreError
+from entities.store import schema as t
 
 T = TypeVar("T")
 
@@ -100,3 +102,23 @@ class SQLTables:
                 return fn(conn)
         except (SQLAlchemyError, *DRIVER_DATA_ERRORS) as exc:
             raise translate(exc) from exc
+
+    def _check_epoch(self, conn: Connection, partition: int, epoch: int) -> dt.datetime | None:
+        """Raises FenceError unless ``partition`` is at ``epoch``; returns the server's
+        clock on Postgres (read in the same statement), None on SQLite."""
+        columns: list[Any] = [t.partitions.c.epoch]
+        if self.dialect == "postgresql":
+            columns.append(sa.func.now())
+        row = conn.execute(
+            sa.select(*columns)
+            .where(t.partitions.c.partition == partition)
+            .with_for_update(read=True)
+        ).first()
+        current = row[0] if row is not None else None
+        if current != epoch:
+            raise FenceError(
+                f"partition {partition} is now at epoch {current}; this owner holds epoch "
+                f"{epoch} and may no longer commit",
+                stale_epoch=True,
+            )
+        return row[1] if row is not None and len(row) > 1 else None
