@@ -65,6 +65,9 @@ class Outcome:
     value: Any = None
     error: BaseException | None = None
     silent: bool = False  # the sender wants no reply stored
+    #: The reply is the one recorded with a commit (stored whoever stores it); False for
+    #: a reply computed on memory nothing committed (an error, a read, a relaxed change).
+    committed: bool = False
 
     @classmethod
     def failure(cls, task_id: str, error: BaseException, silent: bool = False) -> Outcome:
@@ -75,8 +78,11 @@ class Outcome:
     def from_record(cls, record: Processed, silent: bool = False) -> Outcome:
         """The reply recorded when the message was first applied (or refused)."""
         if not record.ok:
-            return cls.failure(record.message_id, recorded_error(record.reply), silent)
-        return cls(record.message_id, True, codec.decode(record.reply), silent=silent)
+            error = recorded_error(record.reply)
+            return cls(record.message_id, False, error=error, silent=silent, committed=True)
+        return cls(
+            record.message_id, True, codec.decode(record.reply), silent=silent, committed=True
+        )
 
 
 @dataclasses.dataclass

@@ -57,25 +57,32 @@ if have <= skip then return {{}, 0, holds} end
 return {redis.call('LRANGE', KEYS[2], -(skip + n), -(skip + 1)), 0, holds}
 """
 
-# KEYS: inflight, lease, result keys... ARGV: token, n, ttl seconds (0: none),
+# KEYS: inflight, lease, result keys... ARGV: token, n, ttl seconds (0: none), c,
 # payloads... Stores and publishes each reply unless one is stored already (the
-# first reply wins, as in Celery's own backend), then, only if the lease is still
-# ours, drops the n oldest in-flight entries. Returns n, or -1 if the lease is lost.
-# One script, so a reply that cannot be stored stops the acknowledgement after it.
+# first reply wins, as in Celery's own backend). The first c replies are committed
+# ones (recorded with a commit: true whoever stores them) and are stored first,
+# always; then, only if the lease is still ours, the other replies (computed on the
+# owner's memory: a stale owner's would be wrong) are stored and the n oldest
+# in-flight entries dropped. Returns n, or -1 if the lease is lost. One script, so a
+# reply that cannot be stored stops the acknowledgement after it.
 _SETTLE = """
 local ttl = tonumber(ARGV[3])
-for i = 3, #KEYS do
+local committed = tonumber(ARGV[4])
+local function store(i)
   local ok
   if ttl > 0 then
-    ok = redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl, 'NX')
+    ok = redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ttl, 'NX')
   else
-    ok = redis.call('SET', KEYS[i], ARGV[i + 1], 'NX')
+    ok = redis.call('SET', KEYS[i], ARGV[i + 2], 'NX')
   end
-  if ok then redis.call('PUBLISH', KEYS[i], ARGV[i + 1]) end
+  if ok then redis.call('PUBLISH', KEYS[i], ARGV[i + 2]) end
 end
+for i = 3, 2 + committed do store(i) end
 local n = tonumber(ARGV[2])
-if n == 0 then return 0 end
+if n == 0 and #KEYS == 2 + committed then return 0 end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+for i = 3 + committed, #KEYS do store(i) end
+if n == 0 then return 0 end
 redis.call('LTRIM', KEYS[1], 0, -n - 1)
 return n
 """
@@ -141,11 +148,16 @@ class Fetched:
 
 @dataclasses.dataclass(frozen=True)
 class Replies:
-    """Replies ready for the result backend: its keys and their payloads, in order."""
+    """Replies ready for the result backend: its keys and their payloads, in order.
+
+    The first ``committed`` are replies recorded with a commit, stored even by an
+    owner that lost its lease; the others only while the lease is the settler's.
+    """
 
     keys: Sequence[str | bytes]
     payloads: Sequence[str | bytes]
     ttl_s: int = 0
+    committed: int = 0
 
 
 NO_REPLIES = Replies((), ())
@@ -210,24 +222,26 @@ class PartitionQueues:
         return Lane(self, partition, token, lease_ttl_ms)
 
     def settle(self, partition: int, token: str, replies: Replies, ack: int) -> bool:
-        """Stores ``replies`` (the first reply of a task id wins), then acknowledges the
-        ``ack`` oldest in-flight messages, in one script; False if the lease is lost."""
+        """Stores ``replies`` (the first reply of a task id wins; those not committed
+        only if the lease is ours), then acknowledges the ``ack`` oldest in-flight
+        messages, in one script; False if the lease is lost."""
         if not (ack or replies.keys):
             return True
         keys, args = self._settle_args(partition, token, replies, ack)
         return int(self._settle(keys=keys, args=args)) >= 0
 
     def store_replies(self, replies: Replies) -> None:
-        """Stores ``replies`` (the first reply of a task id wins) and acknowledges nothing:
-        the settle script with no acknowledgement, which touches no queue."""
-        self.settle(0, "", replies, 0)
+        """Stores every one of ``replies`` (the first reply of a task id wins; the caller
+        vouches for them) and acknowledges nothing: the settle script with no
+        acknowledgement and no lease, which touches no queue."""
+        self.settle(0, "", dataclasses.replace(replies, committed=len(replies.keys)), 0)
 
     @staticmethod
     def _settle_args(
         partition: int, token: str, replies: Replies, ack: int
     ) -> tuple[list[str | bytes], list[int | str | bytes]]:
         keys = [inflight_key(partition), lease_key(partition), *replies.keys]
-        return keys, [token, ack, replies.ttl_s, *replies.payloads]
+        return keys, [token, ack, replies.ttl_s, replies.committed, *replies.payloads]
 
     def _fetch_command(
         self, partition: int, token: str, n: int, skip: int, lease_ttl_ms: int = 0
@@ -339,6 +353,11 @@ class Lane:
             return None
         raws, paused, holds = fetched
         return Fetched(list(reversed(raws)), bool(paused), bool(holds))
+
+    @property
+    def confirmed(self) -> bool:
+        """True when every settle sent has been read back (none found the lease lost)."""
+        return not self._settle_unread
 
     def _fetch(self, q: PartitionQueues, n: int, skip: int) -> tuple[Any, ...]:
         return q._fetch_command(self.partition, self.token, n, skip, self.lease_ttl_ms)

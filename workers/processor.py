@@ -5,6 +5,22 @@ redelivery or a resend with the same task id; the recorded reply is returned
 again), find the entity in memory or load it, run the handler, and stage the
 new state, the processed-message record, alarm changes and outgoing messages.
 
+Replies: a redelivered message (or a resend with the same task id) whose
+effect was committed gets the reply recorded with that commit, never a
+recomputed one. A strict batch does not read the records first; it learns
+that a message is recorded in one of two ways. A message that stages a record
+makes the commit fail on the record's unique key, and the batch is applied
+again reading the records. A message that stages none (its handler raised or
+changed nothing) is looked up: its id goes with the batch's one commit
+statement, which returns the records already committed for such ids (or, when
+the batch commits nothing, one query reads them), and a record found replaces
+the recomputed reply. Replacing is sound because such a message changed
+nothing in memory or in the batch: what the other messages saw and commit is
+what they would have seen had it been skipped. Replies of relaxed messages go
+out before their commit and may repeat as documented; every reply carries
+whether it is a committed one (:attr:`Outcome.committed`), since only those
+may be stored by an owner that may have lost its partition.
+
 Strict entities (and relaxed ones escalated by a strict call or an alarm) are
 committed by the batch itself, fenced by each entity's version and the
 partition's epoch, before any reply. Changes of ``interval`` and ``on_stop``
@@ -221,16 +237,17 @@ class Processor:
                 )
         return blocked
 
-    def _commit(self, batch: CommitBatch) -> None:
+    def _commit(self, batch: CommitBatch) -> dict[str, Processed]:
+        """Commits ``batch``; returns the records found for its lookups."""
         if not batch:
-            return
+            return self.store.processed(batch.lookups) if batch.lookups else {}
         with telemetry.span(
             "storage.save",
             partition=self.partition,
             entities=len(batch.writes),
             messages=len(batch.processed),
         ):
-            self.store.commit(batch)
+            found = self.store.commit(batch)
         if telemetry.enabled():
             for w in batch.writes:
                 if w.state is None:
@@ -240,6 +257,7 @@ class Processor:
                         entity_id=w.entity_id,
                         version=w.expected_version,
                     )
+        return found
 
     def _process_once(
         self, envelopes: list[Envelope], epoch: int | None, held: frozenset[Key], read_records: bool
@@ -261,6 +279,7 @@ class Processor:
         envelopes = kept
         ids = [e.task_id for e in envelopes if e.task_id and e.error is None]
         done = self.store.processed(ids) if read_records else {}
+        unrecorded: list[Outcome] = []  # applied outcomes that staged no record
         self.applier.prefetch(envelopes)
         outcomes: list[Outcome] = []
         first: dict[str, Outcome] = dict(self.deferred.replies)
@@ -290,6 +309,8 @@ class Processor:
                 outcome = self.applier.apply(env, staged)
                 if not outcome.ok and env.sender is not None and outcome.error is not None:
                     refused.append(refuse(env, outcome.error, self.partition))
+                if not read_records and env.bad is None and env.task_id and not env.silent:
+                    unrecorded.append(outcome)
             first[env.task_id] = outcome
             outcomes.append(outcome)
         batch = CommitBatch(self.partition, epoch, dead_letters=dead)
@@ -299,11 +320,21 @@ class Processor:
             batch.dead_letters.append(r.dead_letter)
             if r.notice is not None:
                 batch.outbox.append(r.notice)
-        self._commit(batch)
+        staged_ids = {p.message_id for s in staged.values() for p in s.processed}
+        staged_ids.update(p.message_id for p in batch.processed)
+        batch.lookups = [o.task_id for o in unrecorded if o.task_id not in staged_ids]
+        found = self._commit(batch)
         self._committed(touched)
         for r in refused:
             self.sends_refused += 1
             r.report()
+        recorded = {p.message_id for p in batch.processed}
+        for i, outcome in enumerate(outcomes):
+            record = found.get(outcome.task_id)
+            if record is not None:  # a redelivery that changed nothing this time
+                outcomes[i] = Outcome.from_record(record, outcome.silent)
+            elif outcome.task_id in recorded:
+                outcome.committed = True
         return BatchResult(outcomes, batch.outbox, holding, misrouted)
 
     def _stage(self, staged: dict[Key, Staged], batch: CommitBatch) -> list[tuple[Key, Live]]:

@@ -51,6 +51,7 @@ class ReplyWriter:
         items = [o for o in outcomes if o.task_id and not o.silent]
         if not items:
             return NO_REPLIES
+        items.sort(key=lambda o: not o.committed)  # committed ones first (a stable sort)
         backend = self.backend
         expires = backend.expires
         # The meta Celery's backend writes for a finished task with no request
@@ -71,7 +72,8 @@ class ReplyWriter:
             }
             keys.append(prefix + o.task_id)  # Backend.get_key_for_task
             payloads.append(_encode(backend, meta, plain_json))
-        return Replies(keys, payloads, int(expires) if expires else 0)
+        committed = sum(1 for o in items if o.committed)
+        return Replies(keys, payloads, int(expires) if expires else 0, committed)
 
     def write(self, outcomes: Iterable[Outcome]) -> None:
         """Stores every outcome's reply (a value, or an exception for the caller to re-raise)."""

@@ -15,6 +15,20 @@ records make the second pass apply nothing twice.
 A message whose content makes applying fail never stalls the partition: the
 runner reports each failure to its :class:`~workers.poison.Isolation`, which
 finds and dead-letters that message (the invariant is stated there).
+
+Replies recorded with a commit are stored whoever stores them; the others (an
+error, a read, a relaxed change) are stored only while the lease is still this
+runner's, checked in the script that stores them, so an owner that lost its
+partition answers nothing from its stale memory.
+
+Records outlive their messages: the runner notes an acknowledgement watermark
+(:meth:`~entities.store.Store.note_acked`, at most every ``ACK_MARK_EVERY_S``)
+only at a moment when a confirmed acknowledgement left nothing it applied
+unacknowledged, nothing uncommitted in memory, and nothing in the in-flight
+list that an earlier owner or pass may have committed (``_settled``: since the
+last claim, failure or resume, a fetch found the queue drained with no entity
+held and what it fetched was applied). The purge deletes only records
+committed before such a watermark (see :mod:`entities.store.base`).
 """
 
 from __future__ import annotations
@@ -45,6 +59,9 @@ log = logging.getLogger(__name__)
 WAIT_S = 0.5
 #: Seconds between sweeps of idle entities.
 SWEEP_EVERY_S = 1.0
+#: Most seconds between two acknowledgement watermarks of one partition (a tenth of
+#: ENTITIES_DEDUP_RETENTION if that is shorter); a late one only keeps records longer.
+ACK_MARK_EVERY_S = 10.0
 #: Backoff bounds in seconds after an infrastructure error.
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
 
@@ -98,6 +115,14 @@ class PartitionRunner(threading.Thread):
         self._drained = False  # the last fetch emptied the queue: the next one may wait
         # Replies ride with the acknowledgement when the backend is the broker's database.
         self._replies_ride = replies.rides_on(queues.client)
+        # Replies not committed, for a backend they cannot ride to: stored once the next
+        # fetch has found the lease still ours.
+        self._unfenced: list[Outcome] = []
+        # Nothing in the in-flight list beyond ``pending`` may have been committed by an
+        # earlier owner or pass (see the module's docstring); False until shown.
+        self._settled = False
+        self._mark_every_s = min(ACK_MARK_EVERY_S, processor.settings.dedup_retention_s / 10)
+        self._next_mark = 0.0
 
     def stop(self) -> None:
         """Asks the loop to finish its current batch, flush, and exit."""
@@ -170,6 +195,7 @@ class PartitionRunner(threading.Thread):
         if control.resume:
             self._flush()  # resuming needs every in-flight message unprocessed
             self._drained = False
+            self._settled = False  # what it puts back in the queue may have been committed
             return self.holds.resume(self.token)
         if control.paused:
             self._drained = False  # no blocking wait: it would move a message in flight
@@ -177,11 +203,16 @@ class PartitionRunner(threading.Thread):
             return True
         raws = fetched.raws
         self._drained = len(raws) < self.isolation.fetch_size
+        # A drained fetch took every unacknowledged message: once applied, nothing left
+        # in flight may have been committed before (held messages may, hence the check).
+        settles = self._drained and not fetched.holds
         if not raws:
+            self._settled = self._settled or settles
             return True
         started, started_at = time.perf_counter(), time.time()
         self._current, self._exposed = raws, self.pending + len(raws)
         result = self.processor.process(raws, self.epoch, control.held)
+        self._settled = self._settled or settles
         self._unsent.extend(result.outcomes)
         self._publish(result.outbox)
         if result.held and not self.holds.hold(result.held, self.token):
@@ -219,6 +250,9 @@ class PartitionRunner(threading.Thread):
         if fetched is not None:
             self.pending -= ack
             self.isolation.passed(ack)
+            self._store_unfenced()
+            if self.lane.confirmed:
+                self._mark_acked()
         return fetched
 
     def _take_replies(self) -> Replies:
@@ -228,8 +262,26 @@ class PartitionRunner(threading.Thread):
             return NO_REPLIES
         if self._replies_ride:
             return self.replies.prepare(outcomes)
-        self.replies.write(outcomes)
+        self.replies.write([o for o in outcomes if o.committed])
+        self._unfenced.extend(o for o in outcomes if not o.committed)
         return NO_REPLIES
+
+    def _store_unfenced(self) -> None:
+        """Stores the replies held back for a backend they cannot ride to (the lease was
+        just found ours)."""
+        if self._unfenced:
+            outcomes, self._unfenced = self._unfenced, []
+            self.replies.write(outcomes)
+
+    def _mark_acked(self) -> None:
+        """Notes an acknowledgement watermark if nothing applied is unacknowledged now."""
+        if self.pending or self.processor.dirty or not self._settled:
+            return
+        now = time.monotonic()
+        if now < self._next_mark:
+            return
+        self.processor.store.note_acked(self.partition, self.epoch)
+        self._next_mark = now + self._mark_every_s
 
     def _timers(self) -> None:
         due = self.processor.flush_in()
@@ -254,6 +306,8 @@ class PartitionRunner(threading.Thread):
             raise LeaseLost(self.partition)
         acked, self.pending = self.pending, 0
         self.isolation.passed(acked)
+        self._store_unfenced()
+        self._mark_acked()
         return True
 
     def _publish(self, outbox: list[OutboxMessage]) -> None:
@@ -306,7 +360,9 @@ class PartitionRunner(threading.Thread):
         self.processor.reset()
         self.pending = 0
         self._unsent = []
+        self._unfenced = []
         self._drained = False
+        self._settled = False
         log.warning("partition %s: %s; retrying in %.2fs", self.partition, exc, backoff)
         self._stopping.wait(backoff * (0.5 + random.random()))
         return min(backoff * 2, BACKOFF_MAX_S)
