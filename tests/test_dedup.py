@@ -7,6 +7,8 @@ applied (simulated by pushing the same raw message onto the partition queue).
 
 from __future__ import annotations
 
+import json
+
 from entities import read
 from tests.delivery import REPLY_TIMEOUT_S, call, queue_of, result, send
 
@@ -77,3 +79,28 @@ def test_a_resend_of_a_read_only_call_gets_the_first_reply(workers) -> None:  # 
     assert call("counter", "ro", "increment", 1) == 2  # queued behind the resend
     assert resend.get(timeout=REPLY_TIMEOUT_S) == 0
     assert result("dedup-key-3").get(timeout=REPLY_TIMEOUT_S) == 0
+
+
+def test_a_redelivered_withdraw_whose_reply_was_lost_gets_the_recorded_success(  # type: ignore[no-untyped-def]
+    workers, redis_client
+) -> None:
+    """Given a withdrawal of the whole balance applied and committed, when its reply is
+    lost (as when the worker dies before storing it) and the broker delivers the message
+    again, then the caller gets the recorded success, not the refusal that applying it
+    to the now empty wallet would give."""
+    from workers import app
+
+    queue = queue_of("wallet", "w")
+    send("wallet", "w", "deposit", 5)
+    withdrawal = send("wallet", "w", "withdraw", 5)
+    [raw] = [r for r in redis_client.lrange(queue, 0, -1) if withdrawal.id.encode() in r]
+    workers.start(1)
+    assert withdrawal.get(timeout=REPLY_TIMEOUT_S) == 0
+    key = app.backend.get_key_for_task(withdrawal.id)
+
+    redis_client.delete(key)  # the reply is lost
+    redis_client.lpush(queue, raw)  # and the message delivered again
+    assert call("wallet", "w", "get") == 0  # queued behind the redelivery
+    meta = json.loads(redis_client.get(key))
+    assert (meta["status"], meta["result"]) == ("SUCCESS", 0)
+    assert read("wallet", "w").state == {"balance": 0}
