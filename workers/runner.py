@@ -61,7 +61,7 @@ WAIT_S = 0.5
 SWEEP_EVERY_S = 1.0
 #: Most seconds between two acknowledgement watermarks of one partition (a tenth of
 #: ENTITIES_DEDUP_RETENTION if that is shorter); a late one only keeps records longer.
-ACK_MARK_EVERY_S = 10.0
+ACK_MARK_EVERY_S = 60.0
 #: Backoff bounds in seconds after an infrastructure error.
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 5.0
 

@@ -6,7 +6,9 @@ instant before which every record of the partition it committed has its
 message acknowledged (``entity_acks``). The purge deletes a partition's records
 committed before the latest watermark noted at least the retention ago, so the
 resend window counts from the acknowledgement. A new table only: no existing
-row changes and nothing is locked beyond the CREATE TABLE.
+row changes and nothing is locked beyond the CREATE TABLE. After the upgrade
+nothing is purged until each partition's first watermark is the retention old
+(a day by default): the records table grows by a day's traffic once.
 
 Revision ID: 0006_ack_watermarks
 Revises: 0005_outbox_sender
