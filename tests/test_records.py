@@ -257,3 +257,56 @@ def test_watermarks_add_no_statement_per_batch(redis_client, monkeypatch) -> Non
     assert 1 <= notes <= 1 + elapsed / owner._mark_every_s
     assert statements == 50 + notes
     store.close()
+
+
+def test_a_committed_message_held_for_a_paused_entity_keeps_its_record(  # type: ignore[no-untyped-def]
+    store, redis_client
+) -> None:
+    """Given a strict increment committed by an owner that died before acknowledging it,
+    when the next owner holds it for a paused entity (acknowledging it from the in-flight
+    list) and the retention passes, then the purge keeps its record, and once resumed the
+    message is recognised and not applied again."""
+    from entities import control
+
+    [cid] = ids_in_partition("counter", 1)
+    redis_client.lpush(queue_name(PARTITION), msg("counter", cid, "increment", task_id="inc"))
+    runner(store, redis_client, short_retention(), "dying")._step()  # committed, then killed
+    control.pause_entity("counter", cid)
+
+    taker = runner(store, redis_client, short_retention(), "taker")
+    taker._step()  # holds it
+    taker._step()  # acknowledges it from the in-flight list
+    assert taker.pending == 0
+    assert PartitionQueues(redis_client).depth(PARTITION) == (0, 0)
+    time.sleep(0.3)
+    taker._step()
+    store.purge_processed(0.2)
+    assert sorted(store.processed(["inc"])) == ["inc"]
+
+    control.resume_entity("counter", cid, wait_s=None)
+    time.sleep(0.3)  # the owner reads the control state at most every 0.25 s
+    for _ in range(4):
+        taker._step()
+    assert PartitionQueues(redis_client).depth(PARTITION) == (0, 0)
+    assert store.load("counter", cid).state == {"count": 1}
+
+
+def test_a_new_owner_notes_no_watermark_before_applying_what_it_took_over(  # type: ignore[no-untyped-def]
+    store, redis_client
+) -> None:
+    """Given a strict increment committed by an owner that died before acknowledging it,
+    when the next owner fetches it (nothing of its own unacknowledged yet) and dies in
+    turn, then no watermark covers the increment: its record survives the retention and
+    a third owner does not apply it again."""
+    [cid] = ids_in_partition("counter", 1)
+    redis_client.lpush(queue_name(PARTITION), msg("counter", cid, "increment", task_id="inc"))
+    runner(store, redis_client, short_retention(), "first")._step()  # committed, then killed
+    runner(store, redis_client, short_retention(), "second")._step()  # fetched, then killed
+    time.sleep(0.3)
+    store.purge_processed(0.2)
+    assert sorted(store.processed(["inc"])) == ["inc"]
+    third = runner(store, redis_client, short_retention(), "third")
+    third._step()
+    third._step()
+    assert store.load("counter", cid).state == {"count": 1}
+    assert PartitionQueues(redis_client).depth(PARTITION) == (0, 0)
