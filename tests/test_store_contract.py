@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import shutil
 import threading
@@ -363,7 +364,8 @@ class TestStoreContract:
         for), then the commit returns m1's record with its reply, and so does a batch
         that writes nothing."""
         epoch = backend.claim_partition(0, "owner")
-        backend.commit(CommitBatch(0, epoch, processed=[processed("m1", {"paid": 5})]))
+        reply = {"paid": 5, "left": 0.0, "at": [1, -0.0]}  # read back exactly, in order
+        backend.commit(CommitBatch(0, epoch, processed=[processed("m1", reply)]))
         found = backend.commit(
             CommitBatch(
                 0,
@@ -374,7 +376,8 @@ class TestStoreContract:
                 lookups=["m1", "m9"],
             )
         )
-        assert found == {"m1": Processed("m1", "t", "a", 0, True, {"paid": 5})}
+        assert found == {"m1": Processed("m1", "t", "a", 0, True, reply)}
+        assert json.dumps(found["m1"].reply) == json.dumps(reply)
         assert backend.load("t", "b").state == {"n": 1}
         assert sorted(backend.processed(["m1", "m2"])) == ["m1", "m2"]
         assert backend.commit(CommitBatch(0, epoch, lookups=["m2", "m9"])) == {
