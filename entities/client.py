@@ -12,10 +12,11 @@ from entities.alarm_ops import clear_alarms_msg, set_alarm_msg
 from entities.errors import UnknownHandler
 from entities.messages import OP_DELETE, validate_id
 from entities.model import Delay, _check_alarm_name, fire_time
+from entities.options import check_options
 from entities.routing import TASK_NAME
 from entities.settings import get_settings
 from entities.store import Alarm, AlarmChange, Snapshot, SQLStore, Store
-from entities.transport import check_options, client_app, send_direct
+from entities.transport import client_app, send_direct
 
 if TYPE_CHECKING:
     from entities.model import Entity

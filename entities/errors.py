@@ -10,7 +10,8 @@ Every error a caller can see derives from :class:`EntityError`::
     ├── MessageError              a message was refused before any handler ran
     │   ├── UnknownEntityType     no entity class has that type name
     │   ├── UnknownHandler        the entity has no handler of that name
-    │   └── BadMessage            malformed message, bad arguments or a hostile id
+    │   ├── BadMessage            malformed message, bad arguments, a hostile id or a refused option
+    │   └── MessageExpired        the message's ``expires`` time passed before it was applied
     ├── UpgradeError              a stored snapshot could not be brought to the class's vsn
     └── StoreError                the state store failed (infrastructure; retried by workers)
         ├── FenceError            a version or epoch fence rejected a commit
@@ -61,6 +62,11 @@ class BadMessage(MessageError):
     """The message is malformed, its arguments do not fit the handler, or an id is invalid."""
 
 
+class MessageExpired(MessageError):
+    """The message's expiry time (Celery's ``expires``) passed before it could be applied;
+    nothing of it was applied."""
+
+
 class UpgradeError(EntityError):
     """A stored snapshot's vsn could not be brought to the class's vsn."""
 
@@ -95,6 +101,7 @@ __all__ = [
     "EntityError",
     "FenceError",
     "MessageError",
+    "MessageExpired",
     "SchemaError",
     "StateError",
     "StoreError",

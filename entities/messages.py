@@ -30,6 +30,7 @@ import orjson
 
 from entities.errors import BadMessage, MessageError, UnknownHandler
 from entities.model import DURABILITIES
+from entities.options import message_options
 from entities.routing import TASK_NAME
 
 #: Longest entity id or type name accepted.
@@ -167,6 +168,9 @@ class Envelope:
     bad: MessageError | None = None
     silent: bool = False  # the sender asked for no reply (Celery's ignore_result)
     sender: tuple[str, str] | None = None  # the entity that sent it (SENDER_HEADER)
+    eta: float | None = None  # not to be applied before (seconds since the epoch)
+    expires: float | None = None  # not to be applied after (seconds since the epoch)
+    links: dict[str, Any] | None = None  # callbacks, errbacks, chain to fire after the reply
 
     @property
     def key(self) -> tuple[str, str]:
@@ -246,6 +250,9 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
     if too_large:
         env.error = f"message of {len(raw)} bytes exceeds the limit of {max_bytes} bytes"
         return env
+    if headers.get("compression"):
+        env.error = f"compressed message ({headers['compression']!r}) refused: JSON only"
+        return env
     if ctype != "application/json":
         env.error = f"content type {ctype!r} refused: only application/json is accepted"
         return env
@@ -258,7 +265,7 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
         if len(body) > max_bytes:
             env.error = f"message body of {len(body)} bytes exceeds the limit of {max_bytes} bytes"
             return env
-        args, kwargs, _embed = _loads(body)
+        args, kwargs, embed = _loads(body)
     except (ValueError, TypeError, RecursionError, binascii.Error):
         env.error = "body is not a JSON [args, kwargs, embed] triple"
         return env
@@ -283,6 +290,8 @@ def parse_envelope(raw: bytes, max_bytes: int) -> Envelope:
                 f"durability must be one of {DURABILITIES} or None, got {durability!r}"
             )
         env.durability = durability
+        options = message_options(headers, embed)
+        env.eta, env.expires, env.links = options.eta, options.expires, options.links
     except MessageError as exc:
         env.bad = exc
     return env

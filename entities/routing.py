@@ -49,6 +49,16 @@ def inflight_key(partition: int) -> str:
     return f"{queue_name(partition)}.inflight"
 
 
+def links_key(partition: int) -> str:
+    """The Redis list of the partition's recorded callbacks not yet fired (workers.links)."""
+    return f"{queue_name(partition)}.links"
+
+
+def link_marker_key(partition: int, task_id: str) -> str:
+    """The Redis key whose existence says a message's callbacks were recorded."""
+    return f"{queue_name(partition)}.linked:{task_id}"
+
+
 def lease_key(partition: int) -> str:
     """The Redis key whose value is the token of the partition's current owner."""
     return f"{queue_name(partition)}.lease"

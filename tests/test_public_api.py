@@ -55,6 +55,7 @@ ENTITIES_API = {
     "EntityError",
     "FenceError",
     "MessageError",
+    "MessageExpired",
     "SchemaError",
     "StateError",
     "StoreError",
@@ -85,11 +86,16 @@ def test_every_error_derives_from_entity_error() -> None:
     """Given the exported errors, then each is an EntityError (one tree, one base)."""
     exported = [getattr(entities, n) for n in ENTITIES_API]
     errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 12
+    assert len(errors) == 13
     assert all(issubclass(e, entities.EntityError) for e in errors)
     assert issubclass(entities.SchemaError, entities.ConfigurationError)
     assert issubclass(entities.FenceError, entities.StoreError)
-    for e in (entities.UnknownEntityType, entities.UnknownHandler, entities.BadMessage):
+    for e in (
+        entities.UnknownEntityType,
+        entities.UnknownHandler,
+        entities.BadMessage,
+        entities.MessageExpired,
+    ):
         assert issubclass(e, entities.MessageError)
 
 

@@ -68,6 +68,7 @@ class Outcome:
     #: The reply is the one recorded with a commit (stored whoever stores it); False for
     #: a reply computed on memory nothing committed (an error, a read, a relaxed change).
     committed: bool = False
+    links: dict[str, Any] | None = None  # callbacks, errbacks, chain to fire after the reply
 
     @classmethod
     def failure(cls, task_id: str, error: BaseException, silent: bool = False) -> Outcome:
@@ -154,7 +155,9 @@ class Applier:
             live = self.activate(cls, env.key)
         except Exception as exc:
             return Outcome.failure(env.task_id, exc, env.silent)
-        if env.durability == "strict":
+        if env.durability == "strict" or env.links is not None:
+            # A message with callbacks commits before its reply, so a callback never
+            # sees an effect a crash could still undo.
             _stage(staged, env.key, live).strict = True
         return self._run(env, live, lambda obj: call(obj), staged)
 

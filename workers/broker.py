@@ -26,6 +26,7 @@ from entities.routing import (
     held_set_key,
     inflight_key,
     lease_key,
+    links_key,
     paused_key,
     queue_name,
     resume_set_key,
@@ -57,31 +58,46 @@ if have <= skip then return {{}, 0, holds} end
 return {redis.call('LRANGE', KEYS[2], -(skip + n), -(skip + 1)), 0, holds}
 """
 
-# KEYS: inflight, lease, result keys... ARGV: token, n, ttl seconds (0: none), c,
-# payloads... Stores and publishes each reply unless one is stored already (the
-# first reply wins, as in Celery's own backend). The first c replies are committed
-# ones (recorded with a commit: true whoever stores them) and are stored first,
-# always; then, only if the lease is still ours, the other replies (computed on the
-# owner's memory: a stale owner's would be wrong) are stored and the n oldest
-# in-flight entries dropped. Returns n, or -1 if the lease is lost. One script, so a
-# reply that cannot be stored stops the acknowledgement after it.
+# KEYS: inflight, lease, links list, result keys..., link markers... ARGV: token, n,
+# ttl seconds (0: none), number of result keys r, marker ttl seconds (0: none), c,
+# payloads..., link records... Stores and publishes each reply unless one is stored
+# already (the first reply wins, as in Celery's own backend). The first c replies are
+# committed ones (recorded with a commit: true whoever stores them) and are stored
+# first, always. Then, only if the lease is still ours: the other replies (computed
+# on the owner's memory: a stale owner's would be wrong) are stored; each link record
+# (a message's callbacks with its reply, see workers.links) is pushed onto the links
+# list unless its marker exists (a message's callbacks are recorded once); and the n
+# oldest in-flight entries are dropped. Returns n, or -1 if the lease is lost. One
+# script, so a reply that cannot be stored stops the acknowledgement after it.
 _SETTLE = """
 local ttl = tonumber(ARGV[3])
-local committed = tonumber(ARGV[4])
+local last_reply = 3 + tonumber(ARGV[4])
+local link_ttl = tonumber(ARGV[5])
+local committed = tonumber(ARGV[6])
 local function store(i)
   local ok
   if ttl > 0 then
-    ok = redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ttl, 'NX')
+    ok = redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ttl, 'NX')
   else
-    ok = redis.call('SET', KEYS[i], ARGV[i + 2], 'NX')
+    ok = redis.call('SET', KEYS[i], ARGV[i + 3], 'NX')
   end
-  if ok then redis.call('PUBLISH', KEYS[i], ARGV[i + 2]) end
+  if ok then redis.call('PUBLISH', KEYS[i], ARGV[i + 3]) end
 end
-for i = 3, 2 + committed do store(i) end
+local function link(i)
+  local ok
+  if link_ttl > 0 then
+    ok = redis.call('SET', KEYS[i], 1, 'EX', link_ttl, 'NX')
+  else
+    ok = redis.call('SET', KEYS[i], 1, 'NX')
+  end
+  if ok then redis.call('LPUSH', KEYS[3], ARGV[i + 3]) end
+end
+for i = 4, 3 + committed do store(i) end
 local n = tonumber(ARGV[2])
-if n == 0 and #KEYS == 2 + committed then return 0 end
+if n == 0 and #KEYS == 3 + committed then return 0 end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-for i = 3 + committed, #KEYS do store(i) end
+for i = 4 + committed, last_reply do store(i) end
+for i = last_reply + 1, #KEYS do link(i) end
 if n == 0 then return 0 end
 redis.call('LTRIM', KEYS[1], 0, -n - 1)
 return n
@@ -158,6 +174,10 @@ class Replies:
     payloads: Sequence[str | bytes]
     ttl_s: int = 0
     committed: int = 0
+    #: (marker key, record) of messages whose callbacks fire after these replies
+    #: (see workers.links); each record is pushed once per marker.
+    links: Sequence[tuple[str, str | bytes]] = ()
+    link_ttl_s: int = 0
 
 
 NO_REPLIES = Replies((), ())
@@ -223,9 +243,9 @@ class PartitionQueues:
 
     def settle(self, partition: int, token: str, replies: Replies, ack: int) -> bool:
         """Stores ``replies`` (the first reply of a task id wins; those not committed
-        only if the lease is ours), then acknowledges the ``ack`` oldest in-flight
-        messages, in one script; False if the lease is lost."""
-        if not (ack or replies.keys):
+        only if the lease is ours), records their callbacks, then acknowledges the ``ack``
+        oldest in-flight messages, in one script; False if the lease is lost."""
+        if not (ack or replies.keys or replies.links):
             return True
         keys, args = self._settle_args(partition, token, replies, ack)
         return int(self._settle(keys=keys, args=args)) >= 0
@@ -240,8 +260,24 @@ class PartitionQueues:
     def _settle_args(
         partition: int, token: str, replies: Replies, ack: int
     ) -> tuple[list[str | bytes], list[int | str | bytes]]:
-        keys = [inflight_key(partition), lease_key(partition), *replies.keys]
-        return keys, [token, ack, replies.ttl_s, replies.committed, *replies.payloads]
+        keys = [
+            inflight_key(partition),
+            lease_key(partition),
+            links_key(partition),
+            *replies.keys,
+            *(marker for marker, _ in replies.links),
+        ]
+        args = [
+            token,
+            ack,
+            replies.ttl_s,
+            len(replies.keys),
+            replies.link_ttl_s,
+            replies.committed,
+            *replies.payloads,
+            *(record for _, record in replies.links),
+        ]
+        return keys, args
 
     def _fetch_command(
         self, partition: int, token: str, n: int, skip: int, lease_ttl_ms: int = 0
@@ -327,7 +363,7 @@ class Lane:
         q._load_scripts()
         settle = (
             q._settle_command(self.partition, self.token, replies, ack)
-            if ack or replies.keys
+            if ack or replies.keys or replies.links
             else None
         )
         late = settle is not None and wait_s <= 0  # fetch first; read the settle later
@@ -359,13 +395,18 @@ class Lane:
         """True when every settle sent has been read back (none found the lease lost)."""
         return not self._settle_unread
 
+    @property
+    def settle_unread(self) -> bool:
+        """True while the last exchange's settle was sent but its reply not yet read."""
+        return self._settle_unread
+
     def _fetch(self, q: PartitionQueues, n: int, skip: int) -> tuple[Any, ...]:
         return q._fetch_command(self.partition, self.token, n, skip, self.lease_ttl_ms)
 
     def settle(self, replies: Replies, ack: int) -> bool:
         """Stores ``replies``, then acknowledges the ``ack`` oldest in-flight messages;
         False if the lease is lost."""
-        if not (ack or replies.keys):
+        if not (ack or replies.keys or replies.links):
             return not self._settle_unread or self._round_trip([], 0) is not None
         command = self.queues._settle_command(self.partition, self.token, replies, ack)
         results = self._round_trip([command], 1)

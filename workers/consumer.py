@@ -23,10 +23,12 @@ partition owners apply (:func:`entities.messages.parse_envelope`):
    not a well-formed ``send_to_entity`` call is dead-lettered (unreadable, an
    unknown task, a refused content type such as pickle) or answered with
    ``BadMessage`` (a well-formed call with a malformed entity message), and
-   acknowledged. Other tasks of this app (alarm dispatch) go to Celery as
-   usual. Anything Celery's strategy still raises is dead-lettered too. (A
-   ``send_to_entity`` call sent to this queue explicitly is forwarded by the
-   task body, in the pool: no order holds for such calls.)
+   acknowledged. A call not due yet (an ``eta``) goes to its partition's
+   durable delayed set instead of this worker's memory; an expired one gets
+   a MessageExpired reply. Other tasks of this app (alarm dispatch) go to
+   Celery as usual. Anything Celery's strategy still raises is dead-lettered
+   too. (A ``send_to_entity`` call sent to this queue explicitly is forwarded
+   by the task body, in the pool: no order holds for such calls.)
 
 Dead letters go to the state store with the queue name and the reason; if the
 store is unreachable the message is logged (truncated) and dropped, since a
@@ -47,11 +49,16 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import loads as kombu_loads
 from kombu.utils.objects import cached_property
 
+from entities import clock
+from entities.delayed import add as add_delayed
+from entities.delayed import due_ms
 from entities.errors import BadMessage
-from entities.messages import parse_envelope
-from entities.routing import TASK_NAME
+from entities.messages import Envelope, parse_envelope
+from entities.routing import TASK_NAME, partition_for
 from entities.store import CommitBatch, DeadLetter, Store
+from entities.transport import broker_client
 from workers.apply import Outcome
+from workers.processor import expiry_error
 from workers.replies import ReplyWriter
 
 log = logging.getLogger(__name__)
@@ -196,7 +203,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         task_id: str = "",
         silent: bool = False,
         dead: bool = True,
-        error: Exception | None = None,
+        error: BaseException | None = None,
     ) -> None:
         queue = (message.delivery_info or {}).get("routing_key") or "celery"
         if dead:
@@ -227,6 +234,12 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 return self._reject(
                     message, str(env.bad), env.task_id, env.silent, dead=False, error=env.bad
                 )
+            if env.expires is not None and env.expires <= clock.now().timestamp():
+                return self._reject(
+                    message, "", env.task_id, env.silent, dead=False, error=expiry_error(env)
+                )
+            if env.eta is not None and env.eta > clock.now().timestamp():
+                return self._delay(message, env)
             return guarded(message)
 
         def guarded(message: Any) -> Any:
@@ -237,6 +250,16 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 return self._reject(message, f"Celery could not run it: {exc!r}")
 
         return on_task_received
+
+    def _delay(self, message: Any, env: Envelope) -> None:
+        """Puts a call that is not due yet in its partition's durable delayed set (never in
+        this worker's memory, as Celery would), then acknowledges it."""
+        from entities.settings import get_settings
+
+        partition = partition_for(env.entity_type, env.entity_id, get_settings().partitions)
+        client = broker_client(self.app.conf.broker_url)
+        add_delayed(client, partition, [(env.raw, due_ms(env.eta or 0.0))])
+        message.ack_log_error(log, self.connection_errors)
 
     def _other_task(self, message: Any) -> bool:
         """True for a message naming another task this app registered."""

@@ -36,18 +36,27 @@ alarm changes before the store. A commit that takes deferred effects puts them
 before the batch's own, merged per entity, so an entity's alarm changes and
 sends keep the order it made them in and a delete clears every alarm made
 before it.
+
+A message fetched before its ``eta`` is not applied: it goes back to the
+partition's delayed set (see :mod:`entities.delayed`). A message found past
+its ``expires`` time when it is to be applied gets a MessageExpired reply and
+has no effect, unless it was applied already (a redelivery gets its recorded
+reply). Every outcome of a message with callbacks carries them, for the
+runner to fire once its reply is stored (:mod:`workers.links`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from typing import cast
 
-from entities import registry, telemetry
-from entities.errors import BadMessage, FenceError, StoreError
+from entities import clock, registry, telemetry
+from entities.delayed import due_ms
+from entities.errors import BadMessage, FenceError, MessageExpired, StoreError
 from entities.messages import Envelope, parse_envelope
 from entities.routing import partition_for, queue_name
 from entities.settings import Settings
@@ -80,6 +89,7 @@ class BatchResult:
     outbox: list[OutboxMessage]
     held: dict[Key, list[bytes]] = dataclasses.field(default_factory=dict)
     misrouted: dict[int, list[bytes]] = dataclasses.field(default_factory=dict)
+    delayed: list[tuple[bytes, int]] = dataclasses.field(default_factory=list)  # (raw, due ms)
 
 
 @dataclasses.dataclass
@@ -264,6 +274,8 @@ class Processor:
     ) -> BatchResult:
         holding: dict[Key, list[bytes]] = {}
         misrouted: dict[int, list[bytes]] = {}
+        delayed: list[tuple[bytes, int]] = []
+        now = clock.now().timestamp()
         kept = []
         for env in envelopes:
             if env.error is not None or env.bad is not None:
@@ -272,6 +284,8 @@ class Processor:
             home = partition_for(env.entity_type, env.entity_id, self.settings.partitions)
             if home != self.partition:  # a router with another count: forward, never apply
                 misrouted.setdefault(home, []).append(env.raw)
+            elif env.eta is not None and env.eta > now and not _expired(env, now):
+                delayed.append((env.raw, due_ms(env.eta)))  # early: to the delayed set
             elif env.key in held:  # a paused entity: set aside, in order, unapplied
                 holding.setdefault(env.key, []).append(env.raw)
             else:
@@ -306,11 +320,16 @@ class Processor:
             if env.task_id in done:
                 outcome = Outcome.from_record(done[env.task_id], env.silent)
             else:
-                outcome = self.applier.apply(env, staged)
-                if not outcome.ok and env.sender is not None and outcome.error is not None:
-                    refused.append(refuse(env, outcome.error, self.partition))
+                if _expired(env, now):
+                    outcome = Outcome.failure(env.task_id, expiry_error(env), env.silent)
+                else:
+                    outcome = self.applier.apply(env, staged)
+                    if not outcome.ok and env.sender is not None and outcome.error is not None:
+                        refused.append(refuse(env, outcome.error, self.partition))
                 if not read_records and env.bad is None and env.task_id and not env.silent:
                     unrecorded.append(outcome)
+            if env.links is not None:
+                outcome = dataclasses.replace(outcome, links=env.links)
             first[env.task_id] = outcome
             outcomes.append(outcome)
         batch = CommitBatch(self.partition, epoch, dead_letters=dead)
@@ -333,9 +352,10 @@ class Processor:
             record = found.get(outcome.task_id)
             if record is not None:  # a redelivery that changed nothing this time
                 outcomes[i] = Outcome.from_record(record, outcome.silent)
+                outcomes[i].links = outcome.links
             elif outcome.task_id in recorded:
                 outcome.committed = True
-        return BatchResult(outcomes, batch.outbox, holding, misrouted)
+        return BatchResult(outcomes, batch.outbox, holding, misrouted, delayed)
 
     def _stage(self, staged: dict[Key, Staged], batch: CommitBatch) -> list[tuple[Key, Live]]:
         """Splits this batch's changes into the commit and the deferred set.
@@ -396,6 +416,20 @@ class Processor:
             else:
                 live.version += 1
                 live.vsn = live.cls.__entity_options__.vsn
+
+
+def _expired(env: Envelope, now: float) -> bool:
+    """True if the message's ``expires`` time has passed."""
+    return env.expires is not None and env.expires <= now
+
+
+def expiry_error(env: Envelope) -> MessageExpired:
+    """The error reply of a message found past its expiry time."""
+    when = dt.datetime.fromtimestamp(cast(float, env.expires), dt.UTC).isoformat()
+    return MessageExpired(
+        f"message {env.task_id} to {env.entity_type} {env.entity_id!r} expired at {when} "
+        "before it could be applied; nothing of it was applied"
+    )
 
 
 def _write(key: Key, live: Live) -> Write:

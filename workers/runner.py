@@ -29,10 +29,18 @@ list that an earlier owner or pass may have committed (``_settled``: since the
 last claim, failure or resume, a fetch found the queue drained with no entity
 held and what it fetched was applied). The purge deletes only records
 committed before such a watermark (see :mod:`entities.store.base`).
+
+The runner also moves its partition's due delayed messages (``countdown`` and
+``eta``, see :mod:`entities.delayed`) to the queue, at least every
+``DELAYED_POLL_S`` and when the next one is due, and puts back in the delayed
+set a message fetched before it is due, before acknowledging it. Callbacks
+recorded with a batch's replies (:mod:`workers.links`) are fired once the
+settle that recorded them has been read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -41,13 +49,15 @@ from collections.abc import Callable
 
 import redis
 
-from entities import telemetry
+from entities import clock, telemetry
+from entities.delayed import DelayedSet
 from entities.errors import BadMessage, DataRefused, FenceError, StoreError
 from entities.messages import parse_envelope
 from entities.routing import queue_name
 from entities.store import CommitBatch, DeadLetter, OutboxMessage
 from workers.broker import NO_REPLIES, Fetched, PartitionQueues, Replies
 from workers.holds import Holds
+from workers.links import LinkFirer, records
 from workers.outbox import OutboxPublisher, Publisher
 from workers.poison import POISON_STRIKES, Isolation
 from workers.processor import Outcome, Processor
@@ -57,6 +67,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a blocking wait for new messages lasts before checking timers and stop.
 WAIT_S = 0.5
+#: Longest pause in seconds between looks for due delayed messages.
+DELAYED_POLL_S = 0.25
 #: Seconds between sweeps of idle entities.
 SWEEP_EVERY_S = 1.0
 #: Most seconds between two acknowledgement watermarks of one partition (a tenth of
@@ -87,6 +99,7 @@ class PartitionRunner(threading.Thread):
         batch_size: int,
         on_exit: Callable[[PartitionRunner, str], None],
         gate: threading.Event | None = None,
+        links: LinkFirer | None = None,
     ) -> None:
         super().__init__(name=f"entities-p{partition}", daemon=True)
         self._gate = gate  # set once the runners started with this one may all work
@@ -123,6 +136,10 @@ class PartitionRunner(threading.Thread):
         self._settled = False
         self._mark_every_s = min(ACK_MARK_EVERY_S, processor.settings.dedup_retention_s / 10)
         self._next_mark = 0.0
+        self.delayed = DelayedSet(queues.client)
+        self._next_delayed = 0.0  # when (clock seconds) to look for due delayed messages
+        self.links = links
+        self._links_due = links is not None  # a previous owner may have left some to fire
 
     def stop(self) -> None:
         """Asks the loop to finish its current batch, flush, and exit."""
@@ -185,6 +202,8 @@ class PartitionRunner(threading.Thread):
     def _step(self) -> bool:
         """One iteration; False if the lease is lost."""
         self._current, self._exposed = [], 0
+        if self._links_due and not self.lane.settle_unread:
+            self._fire_links()
         self._timers()
         if self.outbox.backlog:
             self.outbox.publish_backlog()  # a predecessor's rows go out before any of ours
@@ -219,6 +238,9 @@ class PartitionRunner(threading.Thread):
             raise LeaseLost(self.partition)
         if result.misrouted:
             self.queues.forward(result.misrouted)
+        if result.delayed:  # fetched early: back to the delayed set before their ack
+            self.delayed.add(self.partition, result.delayed)
+            self._next_delayed = 0.0
         self.pending += len(raws)
         self.applied += len(raws)
         telemetry.emit(
@@ -244,6 +266,8 @@ class PartitionRunner(threading.Thread):
         if self._drained:
             due = self.processor.flush_in()
             wait = WAIT_S if due is None else max(0.001, min(WAIT_S, due))
+            delayed_in = self._next_delayed - clock.now().timestamp()
+            wait = max(0.001, min(wait, delayed_in))
         fetched = self.lane.exchange(
             self.isolation.fetch_size, self.pending, replies=replies, ack=ack, wait_s=wait
         )
@@ -261,10 +285,30 @@ class PartitionRunner(threading.Thread):
         if not outcomes:
             return NO_REPLIES
         if self._replies_ride:
-            return self.replies.prepare(outcomes)
-        self.replies.write([o for o in outcomes if o.committed])
-        self._unfenced.extend(o for o in outcomes if not o.committed)
-        return NO_REPLIES
+            replies = self.replies.prepare(outcomes)
+        else:
+            self.replies.write([o for o in outcomes if o.committed])
+            self._unfenced.extend(o for o in outcomes if not o.committed)
+            replies = NO_REPLIES
+        if self.links is not None and any(o.links for o in outcomes):
+            replies = dataclasses.replace(
+                replies,
+                links=records(outcomes, self.partition, self.replies.backend),
+                link_ttl_s=int(self.processor.settings.dedup_retention_s),
+            )
+            self._links_due = True
+        return replies
+
+    def _fire_links(self) -> None:
+        """Fires the callbacks recorded with settled replies; on a broker error they stay
+        recorded and are fired at a later step."""
+        assert self.links is not None
+        self._links_due = False
+        try:
+            self.links.fire_pending(self.partition)
+        except Exception:
+            log.warning("partition %s: could not fire callbacks; will retry", self.partition)
+            self._links_due = True
 
     def _store_unfenced(self) -> None:
         """Stores the replies held back for a backend they cannot ride to (the lease was
@@ -284,6 +328,13 @@ class PartitionRunner(threading.Thread):
         self._next_mark = now + self._mark_every_s
 
     def _timers(self) -> None:
+        now_s = clock.now().timestamp()
+        if now_s >= self._next_delayed:
+            moved, nxt = self.delayed.move_due(self.partition, int(now_s * 1000))
+            poll_at = now_s + DELAYED_POLL_S
+            self._next_delayed = poll_at if nxt is None else min(poll_at, nxt / 1000)
+            if moved:
+                self._drained = False
         due = self.processor.flush_in()
         if due is not None and due <= 0:
             self._flush()

@@ -45,6 +45,7 @@ from entities.store import OutboxMessage, SQLStore, Store
 from entities.store.sql import make_engine
 from workers.broker import PartitionQueues, redis_from_url
 from workers.forwarder import DefaultQueueForwarder
+from workers.links import LinkFirer
 from workers.processor import Processor
 from workers.replies import ReplyWriter
 from workers.runner import PartitionRunner
@@ -121,6 +122,7 @@ class PartitionService:
         )
         self.queues = PartitionQueues(self.redis)
         self.replies = ReplyWriter(app.backend)
+        self.links = LinkFirer(app, self.redis)
         self.runners: dict[int, PartitionRunner] = {}
         self.processors: dict[int, Processor] = {}
         self.counters = Counters()
@@ -387,6 +389,7 @@ class PartitionService:
             self.settings.batch_size,
             self._on_runner_exit,
             gate,
+            self.links,
         )
         with self._lock:
             self._claiming.pop(partition, None)

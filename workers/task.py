@@ -6,7 +6,9 @@ reached Celery's default queue (a client without our router, e.g. in another
 language, sending by task name) is forwarded unchanged to its partition, in
 order, by :mod:`workers.forwarder`; the body never runs for it either. The body
 runs only for a call sent explicitly to this app's tasks queue, and forwards
-it keeping its task id, so the reply arrives as usual.
+it keeping its task id, expiry, callbacks and ids, so the reply arrives as
+usual. Send options are checked by :func:`entities.options.check_options`:
+each is honoured or refused.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from entities.messages import validate_message
+from entities.options import check_options
 from entities.routing import TASK_NAME
-from entities.transport import check_options, send_direct
+from entities.transport import send_direct
 from workers.app import app
 
 
@@ -59,5 +62,19 @@ def send_to_entity(
     """Sends ``msg`` to entity (``entity_type``, ``entity_id``); the result is its reply."""
     validate_message(entity_type, entity_id, msg)
     args = [entity_type, entity_id, msg] + ([durability] if durability is not None else [])
-    self.app.send_task(TASK_NAME, args=args, task_id=self.request.id)
+    req = self.request
+    # Forwarded with what Celery honours for the caller: its expiry, callbacks, chain,
+    # ids and ignore_result (a due eta was waited for by the consumer's delayed set).
+    self.app.send_task(
+        TASK_NAME,
+        args=args,
+        task_id=req.id,
+        expires=req.expires,
+        link=req.callbacks,
+        link_error=req.errbacks,
+        chain=req.chain,
+        root_id=req.root_id,
+        parent_id=req.parent_id,
+        ignore_result=bool(req.ignore_result),
+    )
     raise Ignore()  # the partition owner stores the reply under this same task id

@@ -1,0 +1,212 @@
+"""Send options: countdown, eta, expires, link, link_error and chains are honoured by a
+real worker; what cannot hold is refused with BadMessage naming the option."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import time
+from typing import Any
+
+import pytest
+from celery import signature
+
+from entities import MessageExpired, read
+from entities.delayed import delayed_key
+from entities.errors import BadMessage
+from tests.delivery import REPLY_TIMEOUT_S, partition_of, queue_of
+from tests.fixture_entities import Boom
+
+INCREMENT = {"op": "increment"}
+
+
+def notes(redis_client: Any, key: str, count: int, timeout_s: float = 30.0) -> list[Any]:
+    """The values noted under ``key`` once there are ``count`` (or what there is at timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and redis_client.llen(key) < count:
+        time.sleep(0.05)
+    return [json.loads(v) for v in redis_client.lrange(key, 0, -1)]
+
+
+def test_a_countdown_is_applied_not_before_it_is_due_and_then_applied(workers) -> None:  # type: ignore[no-untyped-def]
+    """Given a worker, when a call is sent with countdown=2, then nothing is applied for
+    2 s and then it is applied and replied to."""
+    from workers import send_to_entity
+
+    workers.start(1)
+    sent_at = time.monotonic()
+    result = send_to_entity.apply_async(("counter", "cd", INCREMENT), countdown=2)
+    time.sleep(1.5)
+    assert read("counter", "cd") is None
+    assert result.get(timeout=REPLY_TIMEOUT_S) == 1
+    assert time.monotonic() - sent_at >= 2.0
+
+
+def test_an_eta_waits_in_the_delayed_set_and_survives_a_kill_9(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given a call sent with an eta 3 s ahead, then it waits in its partition's delayed
+    set, not on the queue; when the worker is killed with SIGKILL and another starts,
+    then the call is applied once, not before its eta."""
+    from workers import send_to_entity
+
+    [first] = workers.start(1)
+    eta = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+    result = send_to_entity.apply_async(("counter", "eta", INCREMENT), eta=eta)
+    assert redis_client.zcard(delayed_key(partition_of("counter", "eta"))) == 1
+    assert redis_client.llen(queue_of("counter", "eta")) == 0
+    first.kill(signal.SIGKILL)
+    workers.start(1)
+    assert result.get(timeout=REPLY_TIMEOUT_S) == 1
+    assert dt.datetime.now(dt.UTC) >= eta
+    assert read("counter", "eta").state == {"count": 1}  # type: ignore[union-attr]
+
+
+def test_an_eta_on_celerys_publish_is_delayed_by_the_owner(workers) -> None:  # type: ignore[no-untyped-def]
+    """Given a call Celery publishes itself (extra headers) with countdown=2, which
+    lands on the partition queue, then its owner does not apply it before it is due."""
+    from workers import send_to_entity
+
+    workers.start(1)
+    sent_at = time.monotonic()
+    result = send_to_entity.apply_async(
+        ("counter", "celery-eta", INCREMENT), countdown=2, headers={"x-trace": "t"}
+    )
+    time.sleep(1.0)
+    assert read("counter", "celery-eta") is None
+    assert result.get(timeout=REPLY_TIMEOUT_S) == 1
+    assert time.monotonic() - sent_at >= 2.0
+
+
+def test_an_eta_on_the_default_queue_is_delayed_durably(workers) -> None:  # type: ignore[no-untyped-def]
+    """Given a client without our router sending to Celery's default queue with
+    countdown=2, then the call is not applied before it is due, then it is."""
+    from workers import app, send_to_entity
+
+    workers.start(1)
+    sent_at = time.monotonic()
+    result = app.send_task(
+        send_to_entity.name,
+        args=["counter", "foreign-eta", INCREMENT],
+        queue="celery",
+        countdown=2,
+    )
+    time.sleep(1.0)
+    assert read("counter", "foreign-eta") is None
+    assert result.get(timeout=REPLY_TIMEOUT_S) == 1
+    assert time.monotonic() - sent_at >= 2.0
+
+
+@pytest.mark.parametrize("path", ["direct", "celery"])
+def test_an_expired_call_gets_an_error_reply_and_changes_nothing(workers, path: str) -> None:  # type: ignore[no-untyped-def]
+    """Given a call whose expiry time has passed, then its reply raises MessageExpired and
+    the entity's state is unchanged."""
+    from workers import send_to_entity
+
+    workers.start(1)
+    assert send_to_entity.delay("counter", "exp", INCREMENT).get(timeout=REPLY_TIMEOUT_S) == 1
+    extra = {} if path == "direct" else {"headers": {"x-trace": "t"}}
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    result = send_to_entity.apply_async(("counter", "exp", INCREMENT), expires=past, **extra)
+    with pytest.raises(MessageExpired, match="expired"):
+        result.get(timeout=REPLY_TIMEOUT_S)
+    assert read("counter", "exp").state == {"count": 1}  # type: ignore[union-attr]
+    later = send_to_entity.apply_async(("counter", "exp", INCREMENT), expires=60, **extra)
+    assert later.get(timeout=REPLY_TIMEOUT_S) == 2
+
+
+def test_a_link_fires_once_with_the_reply_even_when_resent(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given a call with a link, sent twice with one task id, then the link runs once,
+    with the reply as its first argument."""
+    from workers import send_to_entity
+
+    workers.start(1)
+    link = signature("tests.note_reply", args=("linked",))
+    for _ in range(2):
+        result = send_to_entity.apply_async(
+            ("counter", "ln", {"op": "increment", "args": [7]}), task_id="link-1", link=link
+        )
+        assert result.get(timeout=REPLY_TIMEOUT_S) == 7
+    assert notes(redis_client, "linked", 1) == [7]
+    time.sleep(1.5)
+    assert notes(redis_client, "linked", 2, timeout_s=0) == [7]
+    assert read("counter", "ln").state == {"count": 7}  # type: ignore[union-attr]
+
+
+def test_a_link_error_fires_on_a_handler_error(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given a call whose handler raises, sent with link and link_error, then the errback
+    gets the call's task id and the link does not run."""
+    from workers import send_to_entity
+
+    workers.start(1)
+    result = send_to_entity.apply_async(
+        ("fragile", "le", {"op": "set_then_fail", "args": [3]}),
+        link=signature("tests.note_reply", args=("ok-key",)),
+        link_error=signature("tests.note_error", args=("err-key",)),
+    )
+    with pytest.raises(Boom):
+        result.get(timeout=REPLY_TIMEOUT_S)
+    assert notes(redis_client, "err-key", 1) == [result.id]
+    assert redis_client.llen("ok-key") == 0
+
+
+def test_a_chain_passes_the_reply_and_an_immutable_step_gets_none(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given chains a|b, then b gets a's reply; given a|b.si(), then b gets no argument;
+    given entity|entity.si(), then both entities apply their call."""
+    from workers import send_to_entity
+
+    workers.start(1)
+    (
+        send_to_entity.s("counter", "ch", {"op": "increment", "args": [5]})
+        | signature("tests.note_reply", args=("chained",))
+    ).apply_async()
+    assert notes(redis_client, "chained", 1) == [5]
+    (
+        send_to_entity.s("counter", "ch", {"op": "increment"})
+        | signature("tests.note_call", args=("immutable",), immutable=True)
+    ).apply_async()
+    assert notes(redis_client, "immutable", 1) == ["ran"]
+    last = (
+        send_to_entity.s("counter", "ch", {"op": "increment"})
+        | send_to_entity.si("counter", "ch-next", {"op": "increment", "args": [10]})
+    ).apply_async()
+    assert last.get(timeout=REPLY_TIMEOUT_S) == 10
+    assert read("counter", "ch").state == {"count": 7}  # type: ignore[union-attr]
+
+
+REFUSED = [
+    ("queue", {"queue": "elsewhere"}),
+    ("routing_key", {"routing_key": "elsewhere"}),
+    ("exchange", {"exchange": "elsewhere"}),
+    ("serializer", {"serializer": "pickle"}),
+    ("compression", {"compression": "gzip"}),
+    ("time_limit", {"time_limit": 5}),
+    ("priority", {"priority": 3}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), REFUSED, ids=[n for n, _ in REFUSED])
+def test_an_option_that_cannot_hold_is_refused_naming_it(  # type: ignore[no-untyped-def]
+    redis_client, name: str, options: dict[str, Any]
+) -> None:
+    """Given a send option that would strand the call or be silently ignored, then
+    apply_async and the entities client raise BadMessage naming it and nothing is sent."""
+    from entities.client import send
+    from workers import send_to_entity
+
+    with pytest.raises(BadMessage, match=name):
+        send_to_entity.apply_async(("counter", "refused", INCREMENT), **options)
+    with pytest.raises(BadMessage, match=name):
+        send("counter", "refused", INCREMENT, **options)
+    assert not [k for k in redis_client.keys("entities.{p*}") if not k.endswith(b".lease")]
+
+
+def test_a_foreign_message_with_a_chord_or_time_limit_gets_bad_message(workers) -> None:  # type: ignore[no-untyped-def]
+    """Given messages from a client that did not check its options (a chord, a time
+    limit), then each gets a BadMessage reply naming the option and changes nothing."""
+    from workers import app, send_to_entity
+
+    workers.start(1)
+    limited = app.send_task(send_to_entity.name, args=["counter", "f", INCREMENT], time_limit=5)
+    with pytest.raises(BadMessage, match="time limits"):
+        limited.get(timeout=REPLY_TIMEOUT_S)
+    assert read("counter", "f") is None
