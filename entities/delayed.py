@@ -21,6 +21,9 @@ Invariants:
   becomes due, after whatever was queued before that moment, not when it was
   sent; messages due at the same millisecond are moved in the order of their
   bytes.
+
+The set is keyed by partition like the queue: anything that moves a
+partition's queue (a change of partition count) must move its delayed set too.
 """
 
 from __future__ import annotations

@@ -96,10 +96,22 @@ class MessageOptions:
     links: dict[str, Any] | None = None  # callbacks, errbacks, chain, root_id (if any)
 
 
+#: The options of a message that carries none (the common case, shared).
+NO_OPTIONS = MessageOptions()
+_EMBED_OPTIONS = ("callbacks", "errbacks", "chain", "chord")
+
+
 def message_options(headers: dict[str, Any], embed: Any) -> MessageOptions:
     """Reads the options of a received message's headers and embed; raises BadMessage
     naming one that cannot be honoured (whoever sent it)."""
     timelimit = headers.get("timelimit")
+    if (
+        headers.get("eta") is None
+        and headers.get("expires") is None
+        and (not timelimit or timelimit == [None, None])
+        and (not isinstance(embed, dict) or not any(embed.get(k) for k in _EMBED_OPTIONS))
+    ):
+        return NO_OPTIONS
     if isinstance(timelimit, (list, tuple)) and any(t is not None for t in timelimit):
         raise BadMessage(f"send_to_entity takes no time limits (got {list(timelimit)})")
     eta = headers.get("eta")

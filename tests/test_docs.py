@@ -19,7 +19,14 @@ from entities.cli import main
 pytestmark = pytest.mark.no_services
 
 ROOT = Path(__file__).resolve().parent.parent
-GUIDES = ["defining-entities.md", "alarms.md", "durability.md", "operating.md", "testing.md"]
+GUIDES = [
+    "defining-entities.md",
+    "alarms.md",
+    "durability.md",
+    "operating.md",
+    "sending.md",
+    "testing.md",
+]
 
 
 def blocks(text: str, language: str) -> list[str]:

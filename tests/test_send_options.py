@@ -77,23 +77,30 @@ def test_an_eta_on_celerys_publish_is_delayed_by_the_owner(workers) -> None:  # 
     assert time.monotonic() - sent_at >= 2.0
 
 
-def test_an_eta_on_the_default_queue_is_delayed_durably(workers) -> None:  # type: ignore[no-untyped-def]
+def test_an_eta_on_the_default_queue_is_delayed_durably(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
     """Given a client without our router sending to Celery's default queue with
-    countdown=2, then the call is not applied before it is due, then it is."""
+    countdown=3, when the worker that took the call is killed with SIGKILL before it is
+    due and another starts, then the call is applied once, not before it is due."""
     from workers import app, send_to_entity
 
-    workers.start(1)
+    [first] = workers.start(1)
     sent_at = time.monotonic()
     result = app.send_task(
         send_to_entity.name,
         args=["counter", "foreign-eta", INCREMENT],
         queue="celery",
-        countdown=2,
+        countdown=3,
     )
-    time.sleep(1.0)
+    delayed = delayed_key(partition_of("counter", "foreign-eta"))
+    while not redis_client.zcard(delayed) and time.monotonic() - sent_at < 2:
+        time.sleep(0.02)  # (kombu itself may lose a message popped but not yet handled)
+    assert redis_client.llen("celery") == 0  # taken by the worker
+    first.kill(signal.SIGKILL)
     assert read("counter", "foreign-eta") is None
+    workers.start(1)
     assert result.get(timeout=REPLY_TIMEOUT_S) == 1
-    assert time.monotonic() - sent_at >= 2.0
+    assert time.monotonic() - sent_at >= 3.0
+    assert read("counter", "foreign-eta").state == {"count": 1}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("path", ["direct", "celery"])
@@ -210,3 +217,61 @@ def test_a_foreign_message_with_a_chord_or_time_limit_gets_bad_message(workers) 
     with pytest.raises(BadMessage, match="time limits"):
         limited.get(timeout=REPLY_TIMEOUT_S)
     assert read("counter", "f") is None
+
+
+def envelope_with(
+    headers: dict[str, Any] | None = None, embed: dict[str, Any] | None = None
+) -> Any:
+    """A parsed send_to_entity message whose headers and embed are changed as given."""
+    import base64
+
+    from entities.messages import parse_envelope
+    from entities.transport import celery_message
+
+    outer = json.loads(celery_message("counter", "u", INCREMENT, "t-1"))
+    outer["headers"].update(headers or {})
+    args, kwargs, old = json.loads(base64.b64decode(outer["body"]))
+    body = json.dumps([args, kwargs, {**old, **(embed or {})}]).encode()
+    outer["body"] = base64.b64encode(body).decode()
+    return parse_envelope(json.dumps(outer).encode(), 1 << 20)
+
+
+@pytest.mark.no_services
+@pytest.mark.parametrize(
+    ("headers", "embed", "named"),
+    [
+        ({"eta": "tomorrow"}, None, "eta"),
+        ({"expires": 12}, None, "expires"),
+        ({"timelimit": [5, None]}, None, "time limits"),
+        (None, {"chord": {"task": "x"}}, "chord"),
+        (None, {"callbacks": "tests.note_reply"}, "callbacks"),
+    ],
+)
+def test_a_received_option_that_cannot_hold_is_a_bad_message(
+    headers: dict[str, Any] | None, embed: dict[str, Any] | None, named: str
+) -> None:
+    """Given a message whose options cannot be honoured, then parsing it gives a
+    BadMessage naming the option, and the message keeps its task id for the reply."""
+    env = envelope_with(headers, embed)
+    assert env.task_id == "t-1"
+    assert env.bad is not None and named in str(env.bad)
+
+
+@pytest.mark.no_services
+def test_received_options_are_read_in_the_workers_terms() -> None:
+    """Given an eta, an expiry and callbacks, then the envelope has them as epoch seconds
+    and a links record with the root id; a plain message has none of them."""
+    eta = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    env = envelope_with(
+        {"eta": eta.isoformat(), "expires": "2030-01-02T00:00:00"},
+        {"callbacks": [{"task": "tests.note_reply", "args": ["k"]}]},
+    )
+    assert env.bad is None
+    assert env.eta == eta.timestamp()
+    assert env.expires == eta.timestamp() + 86400  # a naive time is UTC
+    assert env.links == {
+        "callbacks": [{"task": "tests.note_reply", "args": ["k"]}],
+        "root_id": "t-1",
+    }
+    plain = envelope_with()
+    assert (plain.eta, plain.expires, plain.links) == (None, None, None)

@@ -17,8 +17,10 @@ What holds:
   record);
 - nothing recorded is lost: a record stays on the list until its callbacks are
   published; a crash between the publish and the removal publishes them again
-  with the same task ids, derived from the message's (an entity receiving them
-  applies them once; any other task may run twice, as in Celery's own worker);
+  with the same task ids (a callback or chain step without one gets an id
+  derived from the message's), so an entity receiving them applies them once;
+  any other task may run twice, as in Celery's own worker (a group given as
+  one callback gets fresh ids);
 - as in Celery's worker: on success each callback gets the reply as its first
   argument (an immutable ``.si()`` signature gets none), the next chain step gets
   it with the rest of the chain, several callbacks go out as one group; on an
@@ -114,16 +116,20 @@ class LinkFirer:
         if len(callbacks) > 1:
             sigs: list[Any] = []
             groups: list[Any] = []
-            for sig in callbacks:
+            for i, sig in enumerate(callbacks):
                 sig = signature(sig, app=app)
-                (groups if isinstance(sig, group) else sigs).append(sig)
+                if isinstance(sig, group):
+                    groups.append(sig)
+                else:
+                    sig.set(**_with_id(sig, task_id, f"link/{i}"))
+                    sigs.append(sig)
             for group_ in groups:
                 group_.apply_async((reply,), **options)
             if sigs:
                 group(sigs, app=app).apply_async((reply,), **options)
         elif callbacks:
             sig = signature(callbacks[0], app=app)
-            sig.apply_async((reply,), **_with_id(sig, task_id, "link"), **options)
+            sig.apply_async((reply,), **_with_id(sig, task_id, "link/0"), **options)
         chain = record.get("chain")
         if chain:
             sig = signature(chain[-1], app=app)
