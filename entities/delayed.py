@@ -29,6 +29,7 @@ partition's queue (a change of partition count) must move its delayed set too.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -60,7 +61,7 @@ def delayed_key(partition: int) -> str:
 def due_ms(when: dt.datetime | float) -> int:
     """A due time (an aware datetime, or seconds since the epoch) as the set's score."""
     seconds = when.timestamp() if isinstance(when, dt.datetime) else when
-    return int(seconds * 1000)
+    return math.ceil(seconds * 1000)  # never before: moved when due, not a fraction early
 
 
 def add(client: Any, partition: int, items: Iterable[tuple[bytes, int]]) -> None:

@@ -39,3 +39,9 @@ def note_call(key: str) -> None:
 def note_error(task_id: str, key: str) -> None:
     """An errback: notes the id of the failed call."""
     _note(key, task_id)
+
+
+@app.task(name="tests.note_ids", bind=True)  # type: ignore[untyped-decorator]
+def note_ids(self: Any, value: Any, key: str) -> None:
+    """A callback: notes the reply with its own parent and root ids."""
+    _note(key, [value, self.request.parent_id, self.request.root_id])

@@ -122,21 +122,57 @@ def test_an_expired_call_gets_an_error_reply_and_changes_nothing(workers, path: 
 
 
 def test_a_link_fires_once_with_the_reply_even_when_resent(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
-    """Given a call with a link, sent twice with one task id, then the link runs once,
-    with the reply as its first argument."""
+    """Given a call with two links, sent twice with one task id, then each link runs
+    once, with the reply as its first argument and the call as its parent."""
     from workers import send_to_entity
 
     workers.start(1)
-    link = signature("tests.note_reply", args=("linked",))
+    links = [
+        signature("tests.note_reply", args=("linked",)),
+        signature("tests.note_ids", args=("ids",)),
+    ]
     for _ in range(2):
         result = send_to_entity.apply_async(
-            ("counter", "ln", {"op": "increment", "args": [7]}), task_id="link-1", link=link
+            ("counter", "ln", {"op": "increment", "args": [7]}), task_id="link-1", link=links
         )
         assert result.get(timeout=REPLY_TIMEOUT_S) == 7
     assert notes(redis_client, "linked", 1) == [7]
+    assert notes(redis_client, "ids", 1) == [[7, "link-1", "link-1"]]
     time.sleep(1.5)
     assert notes(redis_client, "linked", 2, timeout_s=0) == [7]
+    assert len(notes(redis_client, "ids", 2, timeout_s=0)) == 1
     assert read("counter", "ln").state == {"count": 7}  # type: ignore[union-attr]
+
+
+def test_a_link_of_a_relaxed_entity_fires_after_the_commit(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given an on_stop entity (which commits only when it stops), when a call with a
+    link is sent, then the call is committed before its reply and its link fire."""
+    from workers import send_to_entity
+
+    workers.start(1)
+    result = send_to_entity.apply_async(
+        ("on_stop_counter", "relaxed", {"op": "increment"}),
+        link=signature("tests.note_reply", args=("relaxed",)),
+    )
+    assert result.get(timeout=REPLY_TIMEOUT_S) == 1
+    assert read("on_stop_counter", "relaxed").state == {"count": 1}  # type: ignore[union-attr]
+    assert notes(redis_client, "relaxed", 1) == [1]
+
+
+def test_a_link_on_a_call_sent_by_name_to_the_default_queue_fires(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given a client without our router sending by name to Celery's default queue with
+    a link, then the call is forwarded with its link, which fires with the reply."""
+    from workers import app, send_to_entity
+
+    workers.start(1)
+    result = app.send_task(
+        send_to_entity.name,
+        args=["counter", "by-name", {"op": "increment", "args": [4]}],
+        queue="celery",
+        link=signature("tests.note_reply", args=("by-name",)),
+    )
+    assert result.get(timeout=REPLY_TIMEOUT_S) == 4
+    assert notes(redis_client, "by-name", 1) == [4]
 
 
 def test_a_link_error_fires_on_a_handler_error(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
@@ -178,6 +214,29 @@ def test_a_chain_passes_the_reply_and_an_immutable_step_gets_none(workers, redis
     ).apply_async()
     assert last.get(timeout=REPLY_TIMEOUT_S) == 10
     assert read("counter", "ch").state == {"count": 7}  # type: ignore[union-attr]
+
+
+def test_celerys_bookkeeping_options_are_kept(workers, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given the options Celery keeps for itself (headers, ids, publish retry, the JSON
+    serializer, ignore_result), then they are accepted and the calls applied (a guard:
+    none of them is refused)."""
+    from workers import send_to_entity
+
+    workers.start(1)
+    kept = send_to_entity.apply_async(
+        ("counter", "kept", INCREMENT),
+        headers={"x-trace": "t-1"},
+        root_id="root-1",
+        parent_id="parent-1",
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0},
+        serializer="json",
+        shadow="counter.increment",
+    )
+    assert kept.get(timeout=REPLY_TIMEOUT_S) == 1
+    silent = send_to_entity.apply_async(("counter", "kept", INCREMENT), ignore_result=True)
+    assert send_to_entity.delay("counter", "kept", {"op": "get"}).get(REPLY_TIMEOUT_S) == 2
+    assert redis_client.get(f"celery-task-meta-{silent.id}") is None
 
 
 REFUSED = [

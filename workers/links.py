@@ -58,13 +58,18 @@ def records(outcomes: Iterable[Outcome], partition: int, backend: Any) -> list[t
     for o in outcomes:
         if not o.links or not o.task_id:
             continue
-        record = {
-            "id": o.task_id,
-            "ok": o.ok,
-            "reply": o.value if o.ok else backend.prepare_exception(o.error),
-            **o.links,
-        }
-        out.append((link_marker_key(partition, o.task_id), dumps(record)))
+        try:
+            record = {
+                "id": o.task_id,
+                "ok": o.ok,
+                "reply": o.value if o.ok else backend.prepare_exception(o.error),
+                **o.links,
+            }
+            encoded = dumps(record)
+        except Exception:  # a reply the result backend could not store either
+            log.exception("callbacks of %s not fired: their record cannot be encoded", o.task_id)
+            continue
+        out.append((link_marker_key(partition, o.task_id), encoded))
     return out
 
 

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 #: Seconds a blocking wait for new messages lasts before checking timers and stop.
 WAIT_S = 0.5
 #: Longest pause in seconds between looks for due delayed messages.
-DELAYED_POLL_S = 0.25
+DELAYED_POLL_S = 0.5
 #: Seconds between sweeps of idle entities.
 SWEEP_EVERY_S = 1.0
 #: Most seconds between two acknowledgement watermarks of one partition (a tenth of
