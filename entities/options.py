@@ -64,6 +64,18 @@ def check_options(options: dict[str, Any]) -> None:
         )
 
 
+def check_callbacks(*groups: Any) -> None:
+    """Raises BadMessage for a callback (``link``, ``link_error``, chain step) that is a
+    send_to_entity call with an option that cannot be honoured, before anything is sent
+    (the worker firing it later could only log the refusal)."""
+    from entities.routing import TASK_NAME
+
+    for sigs in groups:
+        for sig in sigs if isinstance(sigs, (list, tuple)) else [sigs]:
+            if isinstance(sig, dict) and sig.get("task") == TASK_NAME:
+                check_options(dict(sig.get("options") or {}))
+
+
 def due_at(countdown: Any = None, eta: Any = None) -> dt.datetime | None:
     """The aware UTC time a send with ``countdown`` (seconds) or ``eta`` is due; None if neither.
 

@@ -266,6 +266,17 @@ def test_an_option_that_cannot_hold_is_refused_naming_it(  # type: ignore[no-unt
     assert not [k for k in redis_client.keys("entities.{p*}") if not k.endswith(b".lease")]
 
 
+def test_a_callback_with_an_option_that_cannot_hold_is_refused_at_send(redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Given a link that is an entity call with a queue override, then the send raises
+    BadMessage naming it and nothing is sent (the worker could only log it later)."""
+    from workers import send_to_entity
+
+    bad = send_to_entity.si("counter", "next", INCREMENT).set(queue="elsewhere")
+    with pytest.raises(BadMessage, match="queue"):
+        send_to_entity.apply_async(("counter", "cb", INCREMENT), link=bad)
+    assert not [k for k in redis_client.keys("entities.{p*}") if not k.endswith(b".lease")]
+
+
 def test_a_foreign_message_with_a_chord_or_time_limit_gets_bad_message(workers) -> None:  # type: ignore[no-untyped-def]
     """Given messages from a client that did not check its options (a chord, a time
     limit), then each gets a BadMessage reply naming the option and changes nothing."""

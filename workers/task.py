@@ -19,7 +19,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from entities.messages import validate_message
-from entities.options import check_options
+from entities.options import check_callbacks, check_options
 from entities.routing import TASK_NAME
 from entities.transport import send_direct
 from workers.app import app
@@ -40,6 +40,7 @@ class EntityTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         **options: Any,
     ) -> Any:
         check_options(options)
+        check_callbacks(link, link_error, options.get("chain"))
         if kwargs and set(kwargs) == {"durability"} and args and len(args) == 3:
             args, kwargs = [*args, kwargs["durability"]], None
         if not (kwargs or producer or link or link_error or shadow):
