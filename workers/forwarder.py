@@ -227,17 +227,17 @@ class DefaultQueueForwarder(threading.Thread):
             return TASKS_QUEUE
         if env.error is not None:
             self._dead_letter(raw, env.error)
-            self._reply(env.task_id, env.silent, env.error)
+            self._reply(env.task_id, env.silent, BadMessage(env.error))
             return None
-        if env.bad is not None:
-            self._reply(env.task_id, env.silent, str(env.bad))
+        if env.bad is not None:  # its own class: UnknownHandler, BadMessage, MessageExpired
+            self._reply(env.task_id, env.silent, env.bad)
             return None
         return queue_name(partition_for(env.entity_type, env.entity_id, self.settings.partitions))
 
-    def _reply(self, task_id: str, silent: bool, reason: str) -> None:
+    def _reply(self, task_id: str, silent: bool, error: Exception) -> None:
         if task_id and not silent:
             try:
-                self.replies.write([Outcome.failure(task_id, BadMessage(reason))])
+                self.replies.write([Outcome.failure(task_id, error)])
             except Exception:
                 log.warning("could not store the BadMessage reply of %s", task_id, exc_info=True)
 
