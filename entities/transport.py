@@ -326,5 +326,7 @@ def client_app() -> Any:
             settings = get_settings()
             ensure_broker(settings)
             _client_app = Celery("entities-client", set_as_current=False)
-            _client_app.conf.update(celery_config(settings))
+            from entities.celeryconf import app_config  # it builds on celery_config
+
+            _client_app.conf.update(app_config(settings))
         return _client_app

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
+from entities.celeryconf import app_config
 from entities.routing import DEFAULT_QUEUE, TASKS_QUEUE
 from entities.settings import get_settings
 from entities.transport import ensure_broker
@@ -14,7 +15,9 @@ from entities.transport import ensure_broker
 log = logging.getLogger(__name__)
 
 app = Celery("entities")
-app.config_from_object("celeryconfig")
+# ENTITIES_* settings, plus the deployment's own celeryconfig.py if there is one; a setting
+# there that would break routing or JSON-only messages stops the process here.
+app.conf.update(app_config(get_settings()))
 # Celery's default queue is forwarded in order, one worker at a time (workers.forwarder);
 # this app's own tasks never share it, whatever configuration was loaded.
 if app.conf.task_default_queue == DEFAULT_QUEUE:
