@@ -8,12 +8,15 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from rich.console import Console
 
 from entities.errors import EntityError
+from entities.settings import Settings
 
 #: The ``--json`` flag of every command whose output a script may read.
 json_option = click.option(
@@ -53,11 +56,40 @@ def when(value: dt.datetime | None) -> str:
 
 @contextmanager
 def entity_errors() -> Iterator[None]:
-    """Turns the project's errors into a one-line message and exit status 1."""
+    """The boundary of every operating command: settles which deployment it talks to
+    (``entities.cli._deployment.use``: the environment, the ``entities dev`` of this
+    directory, or the named defaults; nothing is created by looking), then turns the
+    project's errors and an unreachable broker into a one-line message and exit status 1."""
+    import redis
+
+    from entities.cli._deployment import use
+
+    settings = use()
     try:
         yield
     except EntityError as exc:
         raise click.ClickException(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise click.ClickException(broker_trouble(settings, exc)) from exc
+
+
+def broker_trouble(settings: Settings, exc: Exception) -> str:
+    """What went wrong talking to the broker of ``settings``, and what to do (no password)."""
+    if settings.embedded_broker:
+        return (
+            f"the embedded broker in {Path(settings.home).resolve()} is not running ({exc}); "
+            "start `entities dev` in this directory, or set ENTITIES_BROKER_URL"
+        )
+    return f"cannot reach the broker {safe_broker(settings.broker_url)}: {exc}"
+
+
+def safe_broker(url: str) -> str:
+    """A broker URL with its password hidden, for printing."""
+    parsed = urlsplit(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return urlunsplit(parsed._replace(netloc=netloc))
 
 
 def import_entity_modules() -> None:

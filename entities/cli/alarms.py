@@ -7,6 +7,7 @@ import json
 import click
 from rich.table import Table
 
+from entities.cli._known import require_known
 from entities.cli._output import console, echo_json, entity_errors, json_option, when
 from entities.store import Alarm
 
@@ -61,6 +62,8 @@ def alarms(
             raise click.UsageError("give ENTITY_TYPE and ENTITY_ID, or --failed")
         else:
             found = get_store().list_alarms(entity_type, entity_id)
+        if not found and entity_type is not None:
+            require_known(entity_type)
     _show(found, as_json)
 
 

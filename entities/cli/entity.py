@@ -6,10 +6,20 @@ import json
 from typing import Any
 
 import click
+import redis
 from rich.table import Table
 
-from entities.cli._output import console, echo_json, entity_errors, json_option, when
+from entities.cli._known import require_known
+from entities.cli._output import (
+    broker_trouble,
+    console,
+    echo_json,
+    entity_errors,
+    json_option,
+    when,
+)
 from entities.cli.waiting import Waiting, waiting_for
+from entities.settings import get_settings
 
 
 @click.command(name="inspect")
@@ -36,7 +46,9 @@ def inspect_entity(entity_type: str, entity_id: str, scan: int, as_json: bool) -
     with entity_errors():
         snapshot = read(entity_type, entity_id)
         alarms = get_store().list_alarms(entity_type, entity_id)
-        pending = waiting_for(entity_type, entity_id, scan)
+        if snapshot is None and not alarms:
+            require_known(entity_type)
+        pending = _waiting(entity_type, entity_id, scan)
     if as_json:
         echo_json(
             {
@@ -77,6 +89,14 @@ def inspect_entity(entity_type: str, entity_id: str, scan: int, as_json: bool) -
     out.print(_waiting_line(pending))
 
 
+def _waiting(entity_type: str, entity_id: str, scan: int) -> Waiting | str:
+    """The messages waiting for the entity, or why the broker could not say."""
+    try:
+        return waiting_for(entity_type, entity_id, scan)
+    except redis.RedisError as exc:
+        return f"unknown: {broker_trouble(get_settings(), exc)}"
+
+
 def _alarm(a: Any) -> dict[str, Any]:
     return {
         "name": a.name,
@@ -88,7 +108,9 @@ def _alarm(a: Any) -> dict[str, Any]:
     }
 
 
-def _waiting_line(w: Waiting) -> str:
+def _waiting_line(w: Waiting | str) -> str:
+    if isinstance(w, str):
+        return f"messages waiting: {w}"
     more = "" if w["complete"] else f" (counted in the first {w['scanned']} entries only)"
     return (
         f"messages waiting: {w['queued']} queued, {w['inflight']} in flight, "
@@ -112,10 +134,15 @@ def ls(entity_type: str, limit: int, after: str | None, as_json: bool) -> None:
         raise click.BadParameter("must be at least 1", param_hint="--limit")
     with entity_errors():
         ids = list_entities(entity_type, limit=limit, after=after)
+        if not ids and after is None:
+            require_known(entity_type)
     next_after = ids[-1] if len(ids) == limit else None
     if as_json:
         echo_json({"entity_type": entity_type, "ids": ids, "next_after": next_after})
         return
+    if not ids:
+        more = f" after {after!r}" if after else ""
+        click.echo(f"no stored {entity_type} entities{more}", err=True)
     for entity_id in ids:
         click.echo(entity_id)
     if next_after is not None:

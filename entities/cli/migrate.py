@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 import sqlalchemy as sa
 
-from entities.settings import from_env
-
 
 def safe_url(database_url: str) -> str:
     """``database_url`` with its password hidden, for printing."""
@@ -41,8 +39,8 @@ def apply_migrations(database_url: str, revision: str = "head") -> str:
 @click.option(
     "--database-url",
     metavar="URL",
-    help="SQLAlchemy URL to migrate. Default: ENTITIES_DATABASE_URL, else the SQLite "
-    "file in ./.entities/.",
+    help="SQLAlchemy URL to migrate. Default: ENTITIES_DATABASE_URL, else the database "
+    "of the `entities dev` running here, else the SQLite file in ./.entities/.",
 )
 @click.option("--revision", default="head", show_default=True, help="Alembic revision to reach.")
 def migrate(database_url: str | None, revision: str) -> None:
@@ -51,4 +49,8 @@ def migrate(database_url: str | None, revision: str) -> None:
     Safe to run again: an up-to-date schema is left as it is. Workers and
     clients refuse to start on a missing or older schema until this has run.
     """
-    click.echo(apply_migrations(database_url or from_env().database_url, revision))
+    if database_url is None:
+        from entities.cli._deployment import use
+
+        database_url = use(creates=True).database_url
+    click.echo(apply_migrations(database_url, revision))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from entities.cli._known import require_known
 from entities.cli._output import console, echo_json, entity_errors, json_option
 
 
@@ -58,6 +59,7 @@ def pause(
             what = f"partition {partition}"
         else:
             assert entity_type is not None and entity_id is not None
+            require_known(entity_type)
             control.pause_entity(entity_type, entity_id)
             what = f"{entity_type} {entity_id!r}"
     if as_json:
