@@ -185,3 +185,15 @@ def _start_worker(installed: Installed, cwd: Path, env: dict[str, str]) -> subpr
     )
     time.sleep(0.1)
     return proc
+
+
+@pytest.mark.no_services
+def test_alembic_upgrade_head_works_from_a_checkout(tmp_path: Path) -> None:
+    env = {**os.environ, "ENTITIES_DATABASE_URL": f"sqlite:///{tmp_path / 'checkout.db'}"}
+    alembic = [sys.executable, "-m", "alembic"]
+    for step in (["upgrade", "head"], ["current"]):
+        done = subprocess.run(
+            [*alembic, *step], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "(head)" in done.stdout
