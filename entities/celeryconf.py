@@ -50,7 +50,7 @@ OWNED = {
 }
 
 _SERIALIZERS = ("task_serializer", "result_serializer", "event_serializer")
-_CONTENT = ("accept_content", "result_accept_content", "event_accept_content")
+_CONTENT = ("accept_content", "result_accept_content")
 _JSON = ("json", "application/json")
 
 
