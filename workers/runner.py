@@ -67,6 +67,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds a blocking wait for new messages lasts before checking timers and stop.
 WAIT_S = 0.5
+#: Shortest blocking wait in seconds; a shorter one is a plain fetch. Redis rounds a
+#: blocking timeout to milliseconds, and a 1 ms BLMOVE was seen to block until the
+#: socket timed out (redis-server 6.2, the embedded one).
+MIN_WAIT_S = 0.01
 #: Longest pause in seconds between looks for due delayed messages.
 DELAYED_POLL_S = 0.5
 #: Seconds between sweeps of idle entities.
@@ -265,9 +269,10 @@ class PartitionRunner(threading.Thread):
         wait = 0.0
         if self._drained:
             due = self.processor.flush_in()
-            wait = WAIT_S if due is None else max(0.001, min(WAIT_S, due))
             delayed_in = self._next_delayed - clock.now().timestamp()
-            wait = max(0.001, min(wait, delayed_in))
+            wait = min(WAIT_S, delayed_in, WAIT_S if due is None else due)
+            if wait < MIN_WAIT_S:
+                wait = 0.0  # due now, or nearly: fetch without waiting
         fetched = self.lane.exchange(
             self.isolation.fetch_size, self.pending, replies=replies, ack=ack, wait_s=wait
         )
@@ -329,7 +334,7 @@ class PartitionRunner(threading.Thread):
 
     def _timers(self) -> None:
         now_s = clock.now().timestamp()
-        if now_s >= self._next_delayed:
+        if now_s >= self._next_delayed - MIN_WAIT_S:  # a wait shorter than that is none
             moved, nxt = self.delayed.move_due(self.partition, int(now_s * 1000))
             poll_at = now_s + DELAYED_POLL_S
             self._next_delayed = poll_at if nxt is None else min(poll_at, nxt / 1000)
