@@ -23,6 +23,7 @@ from entities.errors import (
     FenceError,
     MessageError,
     MessageExpired,
+    ReplyTimeout,
     SchemaError,
     StateError,
     StoreError,
@@ -32,6 +33,7 @@ from entities.errors import (
 )
 from entities.inspect import ClusterStatus, PartitionStatus, WorkerStatus, cluster_status
 from entities.model import Entity, field, handler
+from entities.results import EntityResult
 from entities.sends import SendFailure
 from entities.settings import Settings, configure, get_settings
 from entities.store import Alarm, Snapshot
@@ -42,6 +44,8 @@ __all__ = [
     "field",
     "handler",
     "SendFailure",
+    # sending and replies (async twins: entities.aio)
+    "EntityResult",
     # outside the queue
     "cancel_alarm",
     "cancel_all_alarms",
@@ -71,6 +75,7 @@ __all__ = [
     "FenceError",
     "MessageError",
     "MessageExpired",
+    "ReplyTimeout",
     "SchemaError",
     "StateError",
     "StoreError",

@@ -1,4 +1,8 @@
-"""Client helpers: reading state outside the queue, alarms, delete, and entity refs."""
+"""Client helpers: reading state outside the queue, alarms, delete and send.
+
+References (``Counter.ref(id)``) live in :mod:`entities.refs`; the async twins
+in :mod:`entities.aio`.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from entities import clock, registry
 from entities.alarm_ops import clear_alarms_msg, set_alarm_msg
-from entities.errors import UnknownHandler
 from entities.messages import OP_DELETE, validate_id
 from entities.model import Delay, _check_alarm_name, fire_time
 from entities.options import check_options
+from entities.results import EntityResult
 from entities.routing import TASK_NAME
 from entities.settings import get_settings
 from entities.store import Alarm, AlarmChange, Snapshot, SQLStore, Store
-from entities.transport import client_app, send_direct
+from entities.transport import client_app, describe, send_direct
 
 if TYPE_CHECKING:
     from entities.model import Entity
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _store: Store | None = None
 
-#: Seconds a generated client call waits for its reply unless told otherwise.
+#: Seconds a reference's call waits for its reply unless told otherwise.
 DEFAULT_TIMEOUT_S = 10.0
 
 
@@ -73,8 +77,9 @@ def send(
     msg: dict[str, Any],
     durability: str | None = None,
     **options: Any,
-) -> Any:
-    """Sends ``msg`` to an entity through its partition queue; returns the AsyncResult."""
+) -> EntityResult[Any]:
+    """Sends ``msg`` to an entity through its partition queue; returns its EntityResult
+    (an AsyncResult whose ``.get()`` gives the reply's JSON form)."""
     name = registry.type_name(entity_type)
     registry.ensure_modules()
     args: list[Any] = [name, entity_id, msg]
@@ -83,10 +88,21 @@ def send(
     check_options(options)
     app = client_app()
     task_id = options.pop("task_id", None)
-    sent = send_direct(app, args, task_id, options)
+    sent: EntityResult[Any] | None = send_direct(app, args, task_id, options)
     if sent is not None:
         return sent
-    return app.send_task(TASK_NAME, args=args, task_id=task_id, **options)
+    result: EntityResult[Any] = app.send_task(
+        TASK_NAME, args=args, task_id=task_id, result_cls=_result_class(app), **options
+    )
+    describe(result, args)
+    return result
+
+
+def _result_class(app: Any) -> Callable[[str], EntityResult[Any]]:
+    def make(task_id: str) -> EntityResult[Any]:
+        return EntityResult(task_id, app=app, backend=app.backend)
+
+    return make
 
 
 def delete(entity_type: str | type[Entity], entity_id: str, timeout: float = 10) -> None:
@@ -214,49 +230,3 @@ def retry_alarm(entity_type: str | type[Entity], entity_id: str, name: str) -> b
         lambda s: s.retry_alarm(etype, entity_id, name, when),
     )
     return True
-
-
-class HandlerCall:
-    """One handler of an entity ref: call it to send and wait, ``.delay`` for the AsyncResult."""
-
-    def __init__(self, ref: EntityRef, op: str) -> None:
-        self._ref = ref
-        self._op = op
-
-    def delay(self, *args: Any, **kwargs: Any) -> Any:
-        """Sends the call and returns its Celery AsyncResult."""
-        msg = {"op": self._op, "args": list(args), "kwargs": kwargs}
-        return send(self._ref._entity_class, self._ref._entity_id, msg)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Sends the call and waits for the reply (a commit receipt)."""
-        return self.delay(*args, **kwargs).get(timeout=self._ref._timeout)
-
-
-class EntityRef:
-    """A client for one entity: ``Counter.ref("a").increment(5)``.
-
-    Every public attribute is a handler of the entity (its own state is kept
-    in private attributes so no handler name is shadowed).
-    """
-
-    def __init__(
-        self, entity_class: type[Entity], entity_id: str, timeout: float = DEFAULT_TIMEOUT_S
-    ) -> None:
-        validate_id("entity id", entity_id)
-        registry.ensure_modules()
-        self._entity_class = entity_class
-        self._entity_id = entity_id
-        self._timeout = timeout
-
-    def __getattr__(self, op: str) -> HandlerCall:
-        if op.startswith("_"):
-            raise AttributeError(op)
-        if op not in self._entity_class.__entity_handlers__:
-            raise UnknownHandler(
-                f"entity type {self._entity_class.__entity_name__!r} has no handler {op!r}"
-            )
-        return HandlerCall(self, op)
-
-    def __repr__(self) -> str:
-        return f"<EntityRef {self._entity_class.__entity_name__} {self._entity_id!r}>"

@@ -13,6 +13,7 @@ Every error a caller can see derives from :class:`EntityError`::
     │   ├── BadMessage            malformed message, bad arguments, a hostile id or a refused option
     │   └── MessageExpired        the message's ``expires`` time passed before it was applied
     ├── UpgradeError              a stored snapshot could not be brought to the class's vsn
+    ├── ReplyTimeout              no reply in time (also celery.exceptions.TimeoutError)
     └── StoreError                the state store failed (infrastructure; retried by workers)
         ├── FenceError            a version or epoch fence rejected a commit
         └── DataRefused           the store refused a value the data carried (not retried)
@@ -24,6 +25,8 @@ translates them into :class:`StoreError` at its one boundary.
 """
 
 from __future__ import annotations
+
+from celery.exceptions import TimeoutError as _CeleryTimeoutError
 
 
 class EntityError(Exception):
@@ -71,6 +74,15 @@ class UpgradeError(EntityError):
     """A stored snapshot's vsn could not be brought to the class's vsn."""
 
 
+class ReplyTimeout(EntityError, _CeleryTimeoutError):  # type: ignore[misc]  # celery is untyped
+    """No reply arrived in time; the message may still be queued and applied later.
+
+    It is also a ``celery.exceptions.TimeoutError``, so callers that catch
+    Celery's timeout keep working. The message names the entity, the op, the
+    task id (``AsyncResult(task_id)`` can still fetch the reply) and what to check.
+    """
+
+
 class StoreError(EntityError):
     """The state store failed; workers keep the message and retry with backoff."""
 
@@ -102,6 +114,7 @@ __all__ = [
     "FenceError",
     "MessageError",
     "MessageExpired",
+    "ReplyTimeout",
     "SchemaError",
     "StateError",
     "StoreError",

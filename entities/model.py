@@ -14,21 +14,22 @@ import inspect
 import re
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Literal, ParamSpec, Self, TypeVar
 
 from entities import clock, codec, registry
 from entities.errors import BadMessage, DefinitionError, StateError, UnknownHandler
+from entities.handlers import Handler
 
 if TYPE_CHECKING:
-    from entities.client import EntityRef
     from entities.sends import SendFailure
 
 Durability = Literal["strict", "interval", "on_stop"]
 DURABILITIES: tuple[str, ...] = ("strict", "interval", "on_stop")
 Delay = float | int | dt.timedelta | dt.datetime
 
-F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E", bound="Entity")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,255}$")
 
@@ -54,10 +55,16 @@ _RESERVED = frozenset(
 )  # completed below with every public attribute of Entity, which the runtime calls
 
 
-def handler(fn: F) -> F:
-    """Marks a method as a message handler; its return value (JSON-able) is the reply."""
-    fn.__entity_handler__ = True  # type: ignore[attr-defined]
-    return fn
+def handler(fn: Callable[Concatenate[E, P], R]) -> Handler[E, P, R]:
+    """Marks a method as a message handler; its return value (JSON-able) is the reply.
+
+    The method becomes a typed :class:`~entities.handlers.Handler`: called on the
+    entity itself it runs in place; on ``Counter.ref(id)`` it sends, and mypy
+    checks the arguments and knows the reply's type.
+    """
+    if isinstance(fn, (staticmethod, classmethod)):
+        raise DefinitionError(f"{fn!r}: a handler must be a public instance method")
+    return Handler(fn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,11 +231,18 @@ class Entity:
     # -- the generated client -------------------------------------------------
 
     @classmethod
-    def ref(cls, entity_id: str) -> EntityRef:
-        """A client for one entity: ``Counter.ref(id).increment(5)`` sends and waits."""
-        from entities.client import EntityRef
+    def ref(cls, entity_id: str, *, timeout: float | None = None) -> Self:
+        """A reference to one entity: ``Counter.ref(id).increment(5)`` sends and waits.
 
-        return EntityRef(cls, entity_id)
+        Typed as the class itself, so mypy checks each handler call against the
+        handler's signature and knows its reply type; at run time it is an
+        :class:`entities.refs.EntityRef`, which reaches handlers only (see
+        :mod:`entities.handlers`). ``timeout`` (seconds) bounds each wait for a
+        reply (default ``entities.client.DEFAULT_TIMEOUT_S``).
+        """
+        from entities.refs import EntityRef
+
+        return EntityRef(cls, entity_id, timeout)  # type: ignore[return-value]
 
     # -- effects, committed with the state -------------------------------------
 
@@ -459,7 +473,7 @@ def _collect_handlers(cls: type[Entity]) -> dict[str, Callable[..., Any]]:
                     )
                 if attr in _RESERVED:
                     raise DefinitionError(f"{cls.__qualname__}: {attr!r} is reserved")
-                handlers[attr] = fn
+                handlers[attr] = fn.fn if isinstance(fn, Handler) else fn
             elif attr in handlers:
                 del handlers[attr]  # overridden by a non-handler
     return handlers

@@ -14,3 +14,13 @@ def redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
         parsed = urlparse(url)
         return redis.Redis(unix_socket_path=unquote(parsed.path), **kwargs)
     return redis.Redis.from_url(url, **kwargs)
+
+
+def async_redis_from_url(url: str, **kwargs: Any) -> Any:
+    """A redis.asyncio client for a kombu/Celery Redis URL (including ``redis+socket://``)."""
+    import redis.asyncio
+
+    if url.startswith("redis+socket://"):
+        parsed = urlparse(url)
+        return redis.asyncio.Redis(unix_socket_path=unquote(parsed.path), **kwargs)
+    return redis.asyncio.Redis.from_url(url, **kwargs)

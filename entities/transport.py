@@ -9,6 +9,7 @@ the same configuration.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -51,6 +52,19 @@ def route_task(
     return {"queue": partition_queue(_partition_of(entity_type, entity_id))}
 
 
+def routing_checked() -> bool:
+    """True once this process checked the deployment it routes for (no I/O left to send)."""
+    settings = get_settings()
+    return _checked_partitions == settings.partitions and _broker_checked == settings.broker_url
+
+
+def check_routing() -> None:
+    """Checks the store's partition count and starts an embedded broker, once (blocking)."""
+    settings = get_settings()
+    _check_partitions(settings.partitions)
+    _ensure_broker_once(settings)
+
+
 def _partition_of(entity_type: Any, entity_id: Any) -> int:
     """The partition of a call's entity, once the ids and the deployment are checked."""
     entity_type = validate_id("entity type", entity_type)
@@ -80,16 +94,90 @@ def send_direct(
 
     The message is the one Celery's ``send_task`` would publish (protocol 2,
     JSON; see :func:`celery_message`), pushed with one LPUSH on a client kept
-    for the process, after subscribing to its reply as Celery does. That skips
-    kombu's per-publish machinery, which costs about a millisecond per call.
-    A call with a ``countdown`` or an ``eta`` in the future goes to the
-    partition's delayed set instead (:mod:`entities.delayed`), never to the
-    queue; ``expires`` travels in the headers as Celery puts it.
-    Returns the AsyncResult, or None when the call needs something only Celery's
-    path does (options such as link or headers, publish signals or sent
-    events, eager mode, a call made inside a running task, a non-Redis result
-    backend), so the caller sends it the usual way.
+    for the process, after subscribing to its reply on this thread's kept
+    subscription (:mod:`entities.replies`). That skips kombu's per-publish
+    machinery and Celery's per-call subscribe round trips. A call with a
+    ``countdown`` or an ``eta`` in the future goes to the partition's delayed
+    set instead (:mod:`entities.delayed`), never to the queue; ``expires``
+    travels in the headers as Celery puts it. Returns an
+    :class:`~entities.results.EntityResult`, or None when the call needs
+    something only Celery's path does (options such as link or headers,
+    publish signals or sent events, eager mode, a call made inside a running
+    task, a non-Redis result backend), so the caller sends it the usual way.
     """
+    direct = direct_message(app, args, task_id, options)
+    if direct is None:
+        return None
+    from entities.replies import waiter_for
+    from entities.results import EntityResult
+
+    waiter = None
+    if not direct.ignore_result:
+        waiter = waiter_for(app.backend)
+        waiter.watch(direct.task_id)  # subscribes before the reply can exist
+    try:
+        push(app, direct)
+    except Exception as exc:
+        if waiter is not None:
+            waiter.forget(direct.task_id)
+        error = publish_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
+    result: EntityResult[Any] = EntityResult(direct.task_id, app=app, backend=app.backend)
+    result._waiter = waiter
+    return describe(result, args)
+
+
+def describe(result: Any, args: Any) -> Any:
+    """Tells an EntityResult which entity and op it waits for (its errors name them)."""
+    from entities.results import EntityResult
+
+    call = list(args or ())
+    if isinstance(result, EntityResult) and len(call) >= 3:
+        msg = call[2]
+        op = msg.get("op") if isinstance(msg, dict) else None
+        result.describe(str(call[0]), str(call[1]), str(op))
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Direct:
+    """One call the direct path sends: its partition, its message bytes, task id, whether
+    a reply is wanted, and when it is due (None: at once)."""
+
+    partition: int
+    raw: bytes
+    task_id: str
+    ignore_result: bool
+    eta: dt.datetime | None
+
+    @property
+    def queue(self) -> str:
+        """The partition queue's name."""
+        return queue_name(self.partition)
+
+    @property
+    def delayed(self) -> bool:
+        """True if the call is due later (it goes to the partition's delayed set)."""
+        return self.eta is not None and self.eta > dt.datetime.now(dt.UTC)
+
+
+def push(app: Any, direct: Direct) -> None:
+    """Publishes a direct call: one LPUSH, or an add to the delayed set if it is due later."""
+    publisher = _publisher(app.conf.broker_url)
+    if direct.delayed:
+        assert direct.eta is not None
+        add_delayed(publisher, direct.partition, [(direct.raw, due_ms(direct.eta))])
+    else:
+        publisher.lpush(direct.queue, direct.raw)
+
+
+def direct_message(
+    app: Any, args: Any, task_id: str | None = None, options: dict[str, Any] | None = None
+) -> Direct | None:
+    """The call as the direct path sends it, or None when it needs Celery's path (see
+    :func:`send_direct`)."""
     from celery import signals
     from celery._state import get_current_worker_task
     from celery.backends.redis import RedisBackend
@@ -122,22 +210,18 @@ def send_direct(
         eta=eta,
         expires=expires_at(options.get("expires")),
     )
-    if not ignore_result:
-        app.backend.on_task_call(None, task_id)  # subscribes before the reply can exist
-    try:
-        publisher = _publisher(app.conf.broker_url)
-        if eta is not None and eta > dt.datetime.now(dt.UTC):
-            add_delayed(publisher, partition, [(raw, due_ms(eta))])
-        else:
-            publisher.lpush(queue_name(partition), raw)
-    except Exception as exc:
-        import redis
-        from kombu.exceptions import OperationalError
+    return Direct(partition, raw, task_id, ignore_result, eta)
 
-        if isinstance(exc, redis.RedisError):  # what Celery's own publish raises
-            raise OperationalError(f"could not publish to the broker: {exc}") from exc
-        raise
-    return (result_cls or app.AsyncResult)(task_id)
+
+def publish_error(exc: Exception) -> Exception:
+    """What a failed LPUSH raises: what Celery's own publish raises for a Redis error."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    if isinstance(exc, redis.RedisError):
+        error: Exception = OperationalError(f"could not publish to the broker: {exc}")
+        return error
+    return exc
 
 
 def broker_client(url: str) -> Any:

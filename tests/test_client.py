@@ -148,11 +148,11 @@ class Shadowing(Entity, name="test_client_shadowing"):
 @pytest.mark.no_services
 def test_a_ref_exposes_every_handler_even_ones_named_like_client_attributes() -> None:
     """Given handlers named read and timeout, when a ref is made, then both are handler calls."""
-    from entities.client import HandlerCall
+    from entities.refs import HandlerRef
 
     ref = Shadowing.ref("x")
-    assert isinstance(ref.read, HandlerCall)
-    assert isinstance(ref.timeout, HandlerCall)
+    assert isinstance(ref.read, HandlerRef)
+    assert isinstance(ref.timeout, HandlerRef)
 
 
 @pytest.mark.no_services

@@ -20,13 +20,24 @@ from celery.exceptions import Ignore
 
 from entities.messages import validate_message
 from entities.options import check_callbacks, check_options
+from entities.results import EntityResult
 from entities.routing import TASK_NAME
-from entities.transport import send_direct
+from entities.transport import describe, send_direct
 from workers.app import app
 
 
 class EntityTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
-    """send_to_entity's class: a plain call is published straight to its partition."""
+    """send_to_entity's class: a plain call is published straight to its partition.
+
+    Every send returns an :class:`~entities.results.EntityResult` (an AsyncResult
+    whose timeout is a ReplyTimeout naming the entity, op and task id).
+    """
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> EntityResult[Any]:  # Celery's hook
+        """The result class of this task's sends (Celery's hook, used by apply_async)."""
+        return EntityResult(
+            task_id, backend=self.backend, task_name=self.name, app=self._get_app(), **kwargs
+        )
 
     def apply_async(
         self,
@@ -47,9 +58,12 @@ class EntityTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             sent = send_direct(self._get_app(), args, task_id, options, self.AsyncResult)
             if sent is not None:
                 return sent
-        return super().apply_async(
+        result = super().apply_async(
             args, kwargs, task_id, producer, link, link_error, shadow, **options
         )
+        if kwargs and not args:
+            args = [kwargs.get(k) for k in ("entity_type", "entity_id", "msg")]
+        return describe(result, args)
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, base=EntityTask)  # type: ignore[untyped-decorator]

@@ -1,0 +1,217 @@
+"""Waiting for replies on kept Redis subscriptions: one per thread, one per event loop.
+
+A reply is Celery's result meta, stored by the partition owner's settle script
+under ``celery-task-meta-<task id>`` (SET, then PUBLISH on the channel of the
+same name). A caller waits for it like this, and never misses it:
+
+1. SUBSCRIBE to the key's channel (written, not awaited) *before* the message
+   is sent;
+2. send the message (one LPUSH, :func:`entities.transport.send_direct`);
+3. read the subscription; each time Redis confirms the subscription, GET the
+   key once: a reply published before the subscription took effect was stored
+   before it too, so the GET finds it (this closes the race between the two
+   connections, also after a reconnect, which resubscribes);
+4. take the first of the published reply and the GET; UNSUBSCRIBE (written,
+   not awaited).
+
+So a call costs the LPUSH's round trip and the reply's arrival; the SUBSCRIBE,
+the GET and the UNSUBSCRIBE overlap with the worker's own work.
+
+Sync callers (:class:`ReplyWaiter`): one subscription connection per thread,
+read by the thread that waits, so no thread hands a reply to another. Async
+callers (:class:`AsyncReplies`): one subscription per event loop, read by one
+task that resolves each caller's future; thousands of calls can be in flight.
+The payload handed back is the stored meta, which
+:meth:`entities.results.EntityResult.settle` decodes as Celery would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+_local = threading.local()
+
+
+class ReplyWaiter:
+    """One thread's kept subscription to reply channels (safe to share under its lock)."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._pubsub = client.pubsub()
+        self._lock = threading.Lock()
+        self._watched: set[str] = set()
+        self._arrived: dict[str, bytes] = {}
+        self._confirmed: set[str] = set()
+        self._forgotten: list[str] = []
+
+    def watch(self, task_id: str) -> None:
+        """Subscribes to the reply of ``task_id``; call it before sending the message."""
+        key = self._prefix + task_id
+        with self._lock:
+            self._drop_forgotten()
+            self._watched.add(key)
+            self._pubsub.subscribe(key)
+
+    def forget(self, task_id: str) -> None:
+        """Stops watching ``task_id`` at the next use (safe from a finalizer, takes no lock)."""
+        self._forgotten.append(self._prefix + task_id)
+
+    def wait(self, task_id: str, timeout: float | None) -> bytes | None:
+        """The stored reply of a watched ``task_id``, or None after ``timeout`` seconds."""
+        key = self._prefix + task_id
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            try:
+                return self._wait(key, deadline)
+            finally:
+                self._unwatch(key)
+
+    def _wait(self, key: str, deadline: float | None) -> bytes | None:
+        if key not in self._watched:  # not watched (or forgotten): its stored reply, if any
+            self._watched.add(key)
+            self._pubsub.subscribe(key)
+        while True:
+            if key in self._arrived:
+                return self._arrived.pop(key)
+            if key in self._confirmed:
+                self._confirmed.discard(key)
+                stored: bytes | None = self._client.get(key)
+                if stored is not None:
+                    return stored
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            message = self._pubsub.get_message(timeout=remaining if remaining is not None else 5.0)
+            if message is not None:
+                self._take(message)
+
+    def _take(self, message: dict[str, Any]) -> None:
+        channel = _text(message["channel"])
+        if channel not in self._watched:
+            return
+        if message["type"] == "subscribe":
+            self._confirmed.add(channel)
+        elif message["type"] == "message":
+            self._arrived[channel] = message["data"]
+
+    def _unwatch(self, key: str) -> None:
+        self._watched.discard(key)
+        self._arrived.pop(key, None)
+        self._confirmed.discard(key)
+        self._pubsub.unsubscribe(key)
+
+    def _drop_forgotten(self) -> None:
+        while self._forgotten:
+            key = self._forgotten.pop()
+            if key in self._watched:
+                self._unwatch(key)
+
+
+def waiter_for(backend: Any) -> ReplyWaiter:
+    """This thread's waiter on ``backend``'s Redis (a Celery RedisBackend)."""
+    waiters: dict[tuple[int, int], ReplyWaiter] | None = getattr(_local, "waiters", None)
+    if waiters is None:
+        waiters = _local.waiters = {}
+    client = backend.client
+    key = (os.getpid(), id(client))  # a forked child never reads its parent's connection
+    waiter = waiters.get(key)
+    if waiter is None or waiter._client is not client:
+        waiter = waiters[key] = ReplyWaiter(client, _text(backend.task_keyprefix))
+    return waiter
+
+
+class AsyncReplies:
+    """One event loop's kept subscription to reply channels, read by one task."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self._prefix = prefix
+        self._pubsub = client.pubsub()
+        self._futures: dict[str, list[asyncio.Future[bytes]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._done: list[str] = []
+        self._checks: set[asyncio.Task[None]] = set()
+
+    async def watch(self, task_id: str) -> asyncio.Future[bytes]:
+        """A future of the stored reply of ``task_id``; await it before sending the message."""
+        key = self._prefix + task_id
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        waiting = self._futures.setdefault(key, [])
+        waiting.append(future)
+        future.add_done_callback(lambda f: self._release(key, f))
+        if len(waiting) == 1:
+            await self._pubsub.subscribe(key)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read())
+        self._idle.set()
+        return future
+
+    def _release(self, key: str, future: asyncio.Future[bytes]) -> None:
+        """A caller is done (answered, timed out or cancelled): unsubscribe when none waits."""
+        waiting = self._futures.get(key)
+        if waiting is None:
+            return
+        if future in waiting:
+            waiting.remove(future)
+        if not waiting:
+            del self._futures[key]
+            self._done.append(key)
+            self._idle.set()
+
+    async def _read(self) -> None:
+        while True:
+            if self._done:  # one UNSUBSCRIBE for every key finished since the last one
+                done, self._done = self._done, []
+                await self._pubsub.unsubscribe(*done)
+            if not self._futures:
+                self._idle.clear()
+                await self._idle.wait()
+                continue
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            key = _text(message["channel"])
+            if message["type"] == "subscribe" and key in self._futures:
+                check = asyncio.ensure_future(self._check(key))
+                self._checks.add(check)  # kept until done, so it is not collected
+                check.add_done_callback(self._checks.discard)
+            elif message["type"] == "message":
+                self._resolve(key, message["data"])
+
+    async def _check(self, key: str) -> None:
+        """GETs a key once its subscription is confirmed (a reply published earlier)."""
+        stored = await self.client.get(key)
+        if stored is not None:
+            self._resolve(key, stored)
+
+    def _resolve(self, key: str, payload: bytes) -> None:
+        for future in list(self._futures.get(key, ())):
+            if not future.done():
+                future.set_result(payload)
+
+
+_loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncReplies]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def async_replies(url: str, prefix: str) -> AsyncReplies:
+    """The running loop's reply subscription on the Redis at ``url``."""
+    from entities.redis_client import async_redis_from_url
+
+    per_loop = _loops.setdefault(asyncio.get_running_loop(), {})
+    replies = per_loop.get(url)
+    if replies is None:
+        replies = per_loop[url] = AsyncReplies(async_redis_from_url(url), prefix)
+    return replies
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
