@@ -158,6 +158,13 @@ async def list_alarms(
     return await asyncio.to_thread(client.list_alarms, entity_type, entity_id)
 
 
+async def aclose() -> None:
+    """Closes the running loop's Redis connections (an app's shutdown; optional)."""
+    from entities.replies import close_loop
+
+    await close_loop()
+
+
 def _redis_url(url: Any) -> str | None:
     if isinstance(url, str) and url.startswith(("redis://", "rediss://", "redis+socket://")):
         return url
@@ -169,6 +176,7 @@ def _text(value: str | bytes) -> str:
 
 
 __all__ = [
+    "aclose",
     "call",
     "cancel_alarm",
     "cancel_all_alarms",

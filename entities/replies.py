@@ -139,6 +139,14 @@ class AsyncReplies:
         self._done: list[str] = []
         self._checks: set[asyncio.Task[None]] = set()
 
+    async def aclose(self) -> None:
+        """Stops the reader and closes the subscription and the client."""
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._pubsub.aclose()
+        await self.client.aclose()
+
     async def watch(self, task_id: str) -> asyncio.Future[bytes]:
         """A future of the stored reply of ``task_id``; await it before sending the message."""
         key = self._prefix + task_id
@@ -215,3 +223,10 @@ def async_replies(url: str, prefix: str) -> AsyncReplies:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def close_loop() -> None:
+    """Closes the running loop's reply subscriptions and clients."""
+    per_loop = _loops.pop(asyncio.get_running_loop(), {})
+    for replies in per_loop.values():
+        await replies.aclose()

@@ -9,9 +9,10 @@ three differences:
   (also a ``celery.exceptions.TimeoutError``) naming the entity, the op, the
   task id and what to check, instead of Celery's bare "The operation timed out.";
 - a result made by a typed reference decodes the reply by the handler's return
-  annotation (a ``Decimal`` reply comes back as a ``Decimal``, see
-  :mod:`entities.codec`); any other result gives the reply's JSON form, as a
-  plain ``AsyncResult(task_id).get()`` does;
+  annotation through :mod:`entities.codec` (a ``Decimal`` is a ``Decimal``, a
+  ``tuple[...]`` a tuple, a ``float`` a float); any other result gives the
+  reply as Celery decodes it (kombu's JSON), as a plain
+  ``AsyncResult(task_id).get()`` does;
 - a result sent by the direct path waits on its thread's kept reply
   subscription (:mod:`entities.replies`) instead of Celery's result consumer,
   which saves round trips; the reply it reads is the one Celery's would.
@@ -85,13 +86,20 @@ class EntityResult(AsyncResult, Generic[R]):  # type: ignore[misc]  # celery is 
         self._maybe_set_cache(self.backend.decode_result(payload))
 
     def decode(self, value: Any) -> R:
-        """The reply as the handler's return type (typed references), else as it came."""
+        """The reply as the handler's return type (typed references), else as it came.
+
+        The reply arrives in kombu's JSON form (which already revives a few
+        types, such as Decimal and datetime); it is taken through the state
+        codec and rebuilt by the annotation, so tuples, floats and nested
+        values come back as the handler declared them.
+        """
         if self._decode_as is RAW or self._cache is None or self._cache["status"] != "SUCCESS":
             return value  # type: ignore[no-any-return]
-        from entities.codec import decode
+        from entities.codec import decode, encode
 
         entity_type, _, op = self._entity or ("entity", "", "reply")
-        return decode(value, self._decode_as, f"reply of {entity_type}.{op}")  # type: ignore[no-any-return]
+        path = f"reply of {entity_type}.{op}"
+        return decode(encode(value, Any, path), self._decode_as, path)  # type: ignore[no-any-return]
 
     def timeout_message(self, timeout: float | None) -> str:
         """What a ReplyTimeout of this result says."""
