@@ -130,7 +130,7 @@ def test_mypy_strict_checks_calls_through_a_reference_of_an_installed_copy(
     the await too), and a misspelled handler or a wrong argument is an error."""
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"] + ["-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
         check=True,
         timeout=300,
     )
@@ -220,5 +220,5 @@ def test_every_result_times_out_with_a_reply_timeout_naming_the_call() -> None:
     with pytest.raises(ReplyTimeout, match="counter 'late' to 'get'"):
         later.get(timeout=0.2)
 
-    with pytest.raises(ReplyTimeout, match="__delete__|delete"):
+    with pytest.raises(ReplyTimeout, match=r"counter 'late' to '\S*delete"):
         delete("counter", "late", timeout=0.2)
