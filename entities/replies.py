@@ -28,6 +28,7 @@ The payload handed back is the stored meta, which
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -35,6 +36,7 @@ import weakref
 from typing import Any
 
 _local = threading.local()
+_log = logging.getLogger(__name__)
 
 
 class ReplyWaiter:
@@ -137,13 +139,15 @@ class AsyncReplies:
         self._reader: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._done: list[str] = []
-        self._checks: set[asyncio.Task[None]] = set()
+        self._unchecked: list[str] = []
+        self._checker: asyncio.Task[None] | None = None
 
     async def aclose(self) -> None:
         """Stops the reader and closes the subscription and the client."""
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        for task in (self._reader, self._checker):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._pubsub.aclose()
         await self.client.aclose()
 
@@ -187,17 +191,25 @@ class AsyncReplies:
                 continue
             key = _text(message["channel"])
             if message["type"] == "subscribe" and key in self._futures:
-                check = asyncio.ensure_future(self._check(key))
-                self._checks.add(check)  # kept until done, so it is not collected
-                check.add_done_callback(self._checks.discard)
+                self._unchecked.append(key)
+                if self._checker is None or self._checker.done():
+                    self._checker = asyncio.ensure_future(self._check())
             elif message["type"] == "message":
                 self._resolve(key, message["data"])
 
-    async def _check(self, key: str) -> None:
-        """GETs a key once its subscription is confirmed (a reply published earlier)."""
-        stored = await self.client.get(key)
-        if stored is not None:
-            self._resolve(key, stored)
+    async def _check(self) -> None:
+        """GETs the keys whose subscription was confirmed (a reply published earlier),
+        all confirmed since the last look in one MGET."""
+        while self._unchecked:
+            keys, self._unchecked = self._unchecked, []
+            try:
+                stored = await self.client.mget(keys)
+            except Exception:  # the published reply still arrives; log and go on
+                _log.warning("could not read %d stored replies", len(keys), exc_info=True)
+                continue
+            for key, payload in zip(keys, stored, strict=True):
+                if payload is not None:
+                    self._resolve(key, payload)
 
     def _resolve(self, key: str, payload: bytes) -> None:
         for future in list(self._futures.get(key, ())):
