@@ -4,7 +4,7 @@ Define an entity by subclassing :class:`Entity`; send it messages with
 ``workers.send_to_entity.delay(type, id, msg)`` or ``MyEntity.ref(id).op(...)``.
 """
 
-from entities import aio  # the async twins: entities.aio.send(...)
+from entities import aio as aio  # the async twins (entities.aio.send ...), not in __all__
 from entities.client import (
     cancel_alarm,
     cancel_all_alarms,

@@ -27,6 +27,8 @@ ENTITIES_API = {
     "field",
     "handler",
     "SendFailure",
+    # sending and replies
+    "EntityResult",
     # outside the queue
     "cancel_alarm",
     "cancel_all_alarms",
@@ -56,6 +58,7 @@ ENTITIES_API = {
     "FenceError",
     "MessageError",
     "MessageExpired",
+    "ReplyTimeout",
     "SchemaError",
     "StateError",
     "StoreError",
