@@ -100,6 +100,9 @@ def test_every_error_derives_from_entity_error() -> None:
         entities.MessageExpired,
     ):
         assert issubclass(e, entities.MessageError)
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    assert issubclass(entities.ReplyTimeout, CeleryTimeout)  # existing callers catch it
 
 
 def test_importing_entities_never_imports_workers_and_does_no_io() -> None:
