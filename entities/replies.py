@@ -138,6 +138,7 @@ class AsyncReplies:
         self._futures: dict[str, list[asyncio.Future[bytes]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
+        self._connecting = asyncio.Lock()
         self._done: list[str] = []
         self._unchecked: list[str] = []
         self._checker: asyncio.Task[None] | None = None
@@ -159,7 +160,11 @@ class AsyncReplies:
         waiting.append(future)
         future.add_done_callback(lambda f: self._release(key, f))
         if len(waiting) == 1:
-            await self._pubsub.subscribe(key)
+            if self._pubsub.connection is None:  # the first subscribe connects: only one may
+                async with self._connecting:
+                    await self._pubsub.subscribe(key)
+            else:
+                await self._pubsub.subscribe(key)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.ensure_future(self._read())
         self._idle.set()

@@ -172,3 +172,16 @@ def test_a_reply_stored_before_the_subscription_is_found_sync_and_async(redis_cl
         return json.loads(await asyncio.wait_for(await replies.watch(task_id), 5.0))
 
     assert run(main)["result"] == 41
+
+
+def test_a_burst_of_first_calls_on_a_new_loop_shares_one_subscription(workers) -> None:  # type: ignore[no-untyped-def]
+    """Given a new event loop, when its very first 300 calls start at once, then all are
+    answered (the first subscription connects once, not once per call)."""
+    workers.start(1)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(aio.send("counter", f"burst{i}", {"op": "increment"}) for i in range(300))
+        )
+
+    assert run(main) == [1] * 300
