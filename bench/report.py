@@ -112,6 +112,15 @@ def table(results: dict[str, Any]) -> str:
                     f"n={s['n']}",
                 )
             )
+    labels = {"ref": "ref().op()", "aio": "await ...aio()", "delay": "delay().get()"}
+    for name, s in (results.get("client_latency") or {}).items():
+        rows.append(
+            (
+                f"strict increment via {labels.get(name, name)}, ms",
+                f"p50 {_fmt(s['p50_ms'])} p99 {_fmt(s['p99_ms'])}",
+                f"vs B: p50 {s['p50_vs_noop']}x p99 {s['p99_vs_noop']}x",
+            )
+        )
     judged = {j["key"]: j for j in results.get("targets", [])}
     lines = []
     width = max([len(r[0]) for r in rows] + [40])

@@ -16,9 +16,9 @@ from typing import Any
 from bench import alarms, failover, memory, procs, servers
 from bench.config import SPEC_DRAIN_MESSAGES, Sizes
 from bench.drain import Drain, drain_ids, hot_ids, timed_drain
-from bench.latency import round_trips, summary
+from bench.latency import CLIENTS, client_round_trips, round_trips, summary
 from bench.profiling import PySpy, summarize
-from bench.systems import ENTITY_TYPE, HandRolled, Noop, Ours, Run, System
+from bench.systems import CALL_TIMEOUT_S, ENTITY_TYPE, HandRolled, Noop, Ours, Run, System
 
 MEASUREMENTS = ("drain", "failover", "rss", "alarms")
 #: Opt-in measurements, run only when named in --only (or by --profile).
@@ -42,7 +42,15 @@ def slot(run: Run, system: System, sizes: Sizes, round_no: int) -> dict[str, Any
     try:
         procs.wait_until(lambda: system.ready(worker), worker, 60.0, "worker not ready")
         entities = [f"e{i}" for i in range(sizes.drain_entities)]
-        out["latency"] = round_trips(system, entities, sizes.latency_calls, sizes.latency_warmup)
+        if isinstance(system, Ours):  # each client in turn; delay().get() is the call figure
+            out["clients"] = client_round_trips(
+                entities, sizes.latency_calls, sizes.latency_warmup, CALL_TIMEOUT_S
+            )
+            out["latency"] = out["clients"]["delay"]
+        else:
+            out["latency"] = round_trips(
+                system, entities, sizes.latency_calls, sizes.latency_warmup
+            )
     finally:
         worker.stop()
     if isinstance(system, Ours):
@@ -58,12 +66,15 @@ def drain_and_latency(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
     systems: list[System] = [HandRolled(run), Noop(run), Ours(run)]
     drains: dict[str, list[Drain]] = {s.name: [] for s in systems}
     lats: dict[str, list[float]] = {s.name: [] for s in systems}
+    clients: dict[str, list[float]] = {c: [] for c in CLIENTS}
     hots: list[Drain] = []
     for r in range(sizes.rounds):
         for system in systems:
             got = slot(run, system, sizes, r)
             drains[system.name].append(got["drain"])
             lats[system.name].extend(got["latency"])
+            for name, values in got.get("clients", {}).items():
+                clients[name].extend(values)
             d, p50 = got["drain"], summary(got["latency"])["p50_ms"]
             serving = "n/a" if d.all_serving_s is None else f"{d.all_serving_s:.2f} s"
             log(
@@ -109,10 +120,25 @@ def drain_and_latency(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
             "reply stored and every message acknowledged",
             "samples": [h.as_json() for h in hots],
         },
+        "client_latency": _client_figures(clients, lat["noop"]),
         "p50_vs_noop": round(lat["ours"]["p50_ms"] / lat["noop"]["p50_ms"], 3),
         "p99_vs_noop": round(lat["ours"]["p99_ms"] / lat["noop"]["p99_ms"], 3),
         "latency_ms": lat,
     }
+
+
+def _client_figures(
+    clients: dict[str, list[float]], noop: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """p50/p99 of each client call of ours, in ms and as ratios to B's."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in clients.items():
+        if values:
+            s = summary(values)
+            s["p50_vs_noop"] = round(s["p50_ms"] / noop["p50_ms"], 3)
+            s["p99_vs_noop"] = round(s["p99_ms"] / noop["p99_ms"], 3)
+            out[name] = s
+    return out
 
 
 def failovers(run: Run, sizes: Sizes, log: Log) -> dict[str, Any]:
