@@ -20,7 +20,9 @@ the GET and the UNSUBSCRIBE overlap with the worker's own work.
 Sync callers (:class:`ReplyWaiter`): one subscription connection per thread,
 read by the thread that waits, so no thread hands a reply to another. Async
 callers (:class:`AsyncReplies`): one subscription per event loop, read by one
-task that resolves each caller's future; thousands of calls can be in flight.
+task that resolves each caller's future; the keys confirmed since the last
+look are read in one MGET, and finished keys are unsubscribed together, so
+thousands of calls can be in flight on a few connections.
 The payload handed back is the stored meta, which
 :meth:`entities.results.EntityResult.settle` decodes as Celery would.
 """
