@@ -7,7 +7,7 @@ from decimal import Decimal
 from entities import Entity, handler
 
 
-class Wallet(Entity, name="wallet"):
+class Wallet(Entity, name="typed_wallet"):
     """Exact money: ``deposit`` replies with the new balance as a Decimal."""
 
     balance: Decimal = Decimal("0")

@@ -89,7 +89,7 @@ def test_every_error_derives_from_entity_error() -> None:
     """Given the exported errors, then each is an EntityError (one tree, one base)."""
     exported = [getattr(entities, n) for n in ENTITIES_API]
     errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 13
+    assert len(errors) == 14
     assert all(issubclass(e, entities.EntityError) for e in errors)
     assert issubclass(entities.SchemaError, entities.ConfigurationError)
     assert issubclass(entities.FenceError, entities.StoreError)

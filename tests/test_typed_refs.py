@@ -215,7 +215,7 @@ def test_every_result_times_out_with_a_reply_timeout_naming_the_call() -> None:
         sent.get(timeout=0.2)
 
     # Celery's own publish path (an option the direct path does not take) too
-    later = send_to_entity.apply_async(("counter", "late", {"op": "get"}), countdown=0)
+    later = send_to_entity.apply_async(("counter", "late", {"op": "get"}), headers={"x": "1"})
     assert isinstance(later, EntityResult)
     with pytest.raises(ReplyTimeout, match="counter 'late' to 'get'"):
         later.get(timeout=0.2)
