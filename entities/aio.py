@@ -107,7 +107,7 @@ async def call(
 
         raise ReplyTimeout(result.timeout_message(timeout)) from None
     result.settle(payload)
-    return result.get()
+    return result.reply()
 
 
 async def delete(entity_type: str | type[Entity], entity_id: str, timeout: float = 10) -> None:

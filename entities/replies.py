@@ -193,7 +193,7 @@ class AsyncReplies:
                 self._idle.clear()
                 await self._idle.wait()
                 continue
-            message = await self._pubsub.get_message(timeout=1.0)
+            message = await self._pubsub.get_message(timeout=None)  # a task of its own: block
             if message is None:
                 continue
             key = _text(message["channel"])

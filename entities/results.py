@@ -69,6 +69,8 @@ class EntityResult(AsyncResult, Generic[R]):  # type: ignore[misc]  # celery is 
             if payload is None:
                 raise ReplyTimeout(self.timeout_message(timeout))
             self.settle(payload)
+            if propagate and not kwargs.get("callback"):
+                return self.reply()
         try:
             value = super().get(timeout=timeout, propagate=propagate, **kwargs)
         except ReplyTimeout:
@@ -84,6 +86,13 @@ class EntityResult(AsyncResult, Generic[R]):  # type: ignore[misc]  # celery is 
     def settle(self, payload: bytes | str) -> None:
         """Fills the result from its stored reply (the backend's encoded meta)."""
         self._maybe_set_cache(self.backend.decode_result(payload))
+
+    def reply(self) -> R:
+        """The reply of a settled result, decoded; raises its error as ``get()`` does."""
+        cache = self._cache
+        if cache["status"] != "SUCCESS":
+            self.maybe_throw()
+        return self.decode(cache["result"])
 
     def decode(self, value: Any) -> R:
         """The reply as the handler's return type (typed references), else as it came.
