@@ -53,14 +53,19 @@ class ReplyWaiter:
         self._arrived: dict[str, bytes] = {}
         self._confirmed: set[str] = set()
         self._forgotten: list[str] = []
+        self.broken = False
 
     def watch(self, task_id: str) -> None:
         """Subscribes to the reply of ``task_id``; call it before sending the message."""
         key = self._prefix + task_id
         with self._lock:
-            self._drop_forgotten()
-            self._watched.add(key)
-            self._pubsub.subscribe(key)
+            try:
+                self._drop_forgotten()
+                self._watched.add(key)
+                self._pubsub.subscribe(key)
+            except Exception:
+                self.broken = True
+                raise
 
     def forget(self, task_id: str) -> None:
         """Stops watching ``task_id`` at the next use (safe from a finalizer, takes no lock)."""
@@ -73,8 +78,12 @@ class ReplyWaiter:
         with self._lock:
             try:
                 return self._wait(key, deadline)
+            except Exception:
+                self.broken = True  # this thread's next call starts on a new connection
+                raise
             finally:
-                self._unwatch(key)
+                if not self.broken:
+                    self._unwatch(key)
 
     def _wait(self, key: str, deadline: float | None) -> bytes | None:
         if key not in self._watched:  # not watched (or forgotten): its stored reply, if any
@@ -125,7 +134,7 @@ def waiter_for(backend: Any) -> ReplyWaiter:
     client = backend.client
     key = (os.getpid(), id(client))  # a forked child never reads its parent's connection
     waiter = waiters.get(key)
-    if waiter is None or waiter._client is not client:
+    if waiter is None or waiter._client is not client or waiter.broken:
         waiter = waiters[key] = ReplyWaiter(client, _text(backend.task_keyprefix))
     return waiter
 

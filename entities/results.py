@@ -65,7 +65,13 @@ class EntityResult(AsyncResult, Generic[R]):  # type: ignore[misc]  # celery is 
                 from celery.result import assert_will_not_block
 
                 assert_will_not_block()
-            payload = waiter.wait(self.id, timeout)
+            try:
+                payload = waiter.wait(self.id, timeout)
+            except Exception as exc:
+                error = _backend_error(exc, self.backend)
+                if error is exc:
+                    raise
+                raise error from exc
             if payload is None:
                 raise ReplyTimeout(self.timeout_message(timeout))
             self.settle(payload)
@@ -126,6 +132,28 @@ class EntityResult(AsyncResult, Generic[R]):  # type: ignore[misc]  # celery is 
         waiter = self._waiter
         if waiter is not None and self._cache is None:
             waiter.forget(self.id)
+
+
+def _backend_error(exc: Exception, backend: Any) -> Exception:
+    """A redis error while waiting, as what Celery's result consumer raises for it."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    if not isinstance(exc, redis.RedisError):
+        return exc
+    url = getattr(backend, "url", None) or "the result backend"
+    error: Exception = OperationalError(
+        f"lost the reply subscription to {_safe(url)} while waiting: {exc}; the message "
+        "was sent and may still be applied"
+    )
+    return error
+
+
+def _safe(url: str) -> str:
+    """A URL without its password."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
 
 
 @functools.cache

@@ -112,10 +112,10 @@ def send_direct(
     from entities.results import EntityResult
 
     waiter = None
-    if not direct.ignore_result:
-        waiter = waiter_for(app.backend)
-        waiter.watch(direct.task_id)  # subscribes before the reply can exist
     try:
+        if not direct.ignore_result:
+            waiter = waiter_for(app.backend)
+            waiter.watch(direct.task_id)  # subscribes before the reply can exist
         push(app, direct)
     except Exception as exc:
         if waiter is not None:
