@@ -83,8 +83,9 @@ async def call(
         sent.describe(name, entity_id, op, decode_as)
         return await asyncio.to_thread(sent.get, timeout)
     replies = async_replies(backend_url, _text(app.backend.task_keyprefix))
-    reply = await replies.watch(task_id)
+    reply: asyncio.Future[bytes] | None = None
     try:
+        reply = await replies.watch(task_id)
         if direct is not None and not direct.delayed:
             await async_replies(app.conf.broker_url, "").client.lpush(direct.queue, direct.raw)
         elif direct is not None:  # due later: the delayed set's script, once, off the loop
@@ -94,7 +95,8 @@ async def call(
                 client.send, name, entity_id, msg, durability, task_id=task_id, **options
             )
     except BaseException as exc:
-        reply.cancel()
+        if reply is not None:
+            reply.cancel()
         if isinstance(exc, Exception):
             error = transport.publish_error(exc)
             if error is not exc:

@@ -202,7 +202,14 @@ class AsyncReplies:
                 self._idle.clear()
                 await self._idle.wait()
                 continue
-            message = await self._pubsub.get_message(timeout=None)  # a task of its own: block
+            try:
+                message = await self._pubsub.get_message(timeout=None)  # a task of its own
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the next read reconnects and resubscribes; MGET closes the gap
+                _log.warning("reply subscription lost; reconnecting", exc_info=True)
+                await asyncio.sleep(0.1)
+                continue
             if message is None:
                 continue
             key = _text(message["channel"])

@@ -185,3 +185,19 @@ def test_a_burst_of_first_calls_on_a_new_loop_shares_one_subscription(workers) -
         )
 
     assert run(main) == [1] * 300
+
+
+def test_a_dropped_loop_subscription_reconnects_and_still_gets_the_reply(workers) -> None:  # type: ignore[no-untyped-def]
+    """Given an awaited call whose loop subscription drops before the reply exists, when a
+    worker replies, then the subscription reconnects and the call gets its reply."""
+    from entities.replies import _loops
+
+    async def main() -> Any:
+        call = asyncio.create_task(aio.send("counter", "loop-drop", {"op": "increment"}))
+        await asyncio.sleep(0.3)
+        (replies,) = _loops[asyncio.get_running_loop()].values()
+        await replies._pubsub.connection.disconnect()
+        await asyncio.to_thread(workers.start, 1)
+        return await call
+
+    assert run(main) == 1
