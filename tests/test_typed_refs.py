@@ -2,8 +2,8 @@
 
 The mypy tests type-check a user module in a directory outside the repo,
 against an installed copy of the package (a wheel unpacked into a fresh
-venv's site-packages) and against an editable one (a path entry, as an
-editable install writes it), with no plugin.
+venv's site-packages) and against an editable one (installed into a fresh
+venv as the Makefile installs it), with no plugin.
 """
 
 from __future__ import annotations
@@ -147,11 +147,20 @@ def test_mypy_strict_checks_calls_through_a_reference_of_an_installed_copy(
 def test_mypy_strict_checks_calls_through_a_reference_of_an_editable_copy(
     tmp_path: Path,
 ) -> None:
-    """Given the package installed editable (a path entry to the checkout), when mypy
-    --strict checks a user module outside the repo, then it reports the same types and
-    errors."""
-    python, site = _venv(tmp_path)
-    (site / "celery_entities.pth").write_text(f"{ROOT}\n")
+    """Given the package installed editable as the Makefile installs it, when mypy --strict
+    checks a user module outside the repo, then it reports the same types and errors."""
+    makefile = (ROOT / "Makefile").read_text()
+    mode = re.search(r"^EDITABLE := (.*)$", makefile, re.M)
+    assert mode is not None
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    options = mode.group(1).split()
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", *options, "-e", str(ROOT)],
+        check=True,
+        timeout=300,
+    )
     _check(_mypy(tmp_path, python))
 
 
