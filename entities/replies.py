@@ -11,8 +11,10 @@ same name). A caller waits for it like this, and never misses it:
    key once: a reply published before the subscription took effect was stored
    before it too, so the GET finds it (this closes the race between the two
    connections, also after a reconnect, which resubscribes);
-4. take the first of the published reply and the GET; UNSUBSCRIBE (written,
-   not awaited).
+4. take the first of the published reply and the GET; UNSUBSCRIBE, batched:
+   finished keys are unsubscribed together once :data:`UNSUBSCRIBE_BATCH` of
+   them have gathered (or the loop is idle), one write instead of one per call;
+   a late message on a finished key is ignored.
 
 So a call costs the LPUSH's round trip and the reply's arrival; the SUBSCRIBE,
 the GET and the UNSUBSCRIBE overlap with the worker's own work.
@@ -37,6 +39,9 @@ import time
 import weakref
 from typing import Any
 
+#: Finished reply keys unsubscribed together, in one command.
+UNSUBSCRIBE_BATCH = 64
+
 _local = threading.local()
 _log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class ReplyWaiter:
         self._arrived: dict[str, bytes] = {}
         self._confirmed: set[str] = set()
         self._forgotten: list[str] = []
+        self._stale: list[str] = []  # finished, still subscribed until the next batch
         self.broken = False
 
     def watch(self, task_id: str) -> None:
@@ -62,6 +68,8 @@ class ReplyWaiter:
             try:
                 self._drop_forgotten()
                 self._watched.add(key)
+                if key in self._stale:  # the same task id again: keep its subscription
+                    self._stale.remove(key)
                 self._pubsub.subscribe(key)
             except Exception:
                 self.broken = True
@@ -88,6 +96,8 @@ class ReplyWaiter:
     def _wait(self, key: str, deadline: float | None) -> bytes | None:
         if key not in self._watched:  # not watched (or forgotten): its stored reply, if any
             self._watched.add(key)
+            if key in self._stale:
+                self._stale.remove(key)
             self._pubsub.subscribe(key)
         while True:
             if key in self._arrived:
@@ -117,7 +127,10 @@ class ReplyWaiter:
         self._watched.discard(key)
         self._arrived.pop(key, None)
         self._confirmed.discard(key)
-        self._pubsub.unsubscribe(key)
+        self._stale.append(key)
+        if len(self._stale) >= UNSUBSCRIBE_BATCH:
+            stale, self._stale = self._stale, []
+            self._pubsub.unsubscribe(*stale)
 
     def _drop_forgotten(self) -> None:
         while self._forgotten:
@@ -169,6 +182,8 @@ class AsyncReplies:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         waiting = self._futures.setdefault(key, [])
         waiting.append(future)
+        if key in self._done:  # the same task id again: keep its subscription
+            self._done.remove(key)
         future.add_done_callback(lambda f: self._release(key, f))
         if len(waiting) == 1:
             if self._pubsub.connection is None:  # the first subscribe connects: only one may
@@ -195,7 +210,7 @@ class AsyncReplies:
 
     async def _read(self) -> None:
         while True:
-            if self._done:  # one UNSUBSCRIBE for every key finished since the last one
+            if len(self._done) >= UNSUBSCRIBE_BATCH or (self._done and not self._futures):
                 done, self._done = self._done, []
                 await self._pubsub.unsubscribe(*done)
             if not self._futures:

@@ -43,3 +43,23 @@ def test_a_reply_subscription_that_cannot_reconnect_is_a_broker_error_not_a_driv
     with pytest.raises(OperationalError, match="reply subscription"):
         result.get(timeout=1)
     assert waiter.broken
+
+
+def test_a_thread_unsubscribes_finished_replies_in_batches(workers) -> None:  # type: ignore[no-untyped-def]
+    """Given one thread making 150 calls in a row, then each gets its reply, and finished
+    keys are unsubscribed in batches: fewer than a batch stay subscribed; the same task id
+    sent again (applied once) still gets its reply."""
+    from entities.replies import UNSUBSCRIBE_BATCH
+    from entities.transport import client_app
+    from workers import send_to_entity
+
+    workers.start(1)
+    assert [Counter.ref("batched").increment(1) for _ in range(150)] == list(range(1, 151))
+    waiter = waiter_for(client_app().backend)
+    assert len(waiter._stale) < UNSUBSCRIBE_BATCH
+    assert len(waiter._watched) == 0
+    msg = {"op": "increment"}
+    first = send_to_entity.apply_async(("counter", "batched", msg), task_id="same-id")
+    assert first.get(timeout=REPLY_TIMEOUT_S) == 151
+    again = send_to_entity.apply_async(("counter", "batched", msg), task_id="same-id")
+    assert again.get(timeout=REPLY_TIMEOUT_S) == 151
