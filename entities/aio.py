@@ -64,24 +64,47 @@ async def call(
     """:func:`send`, with the reply decoded as ``decode_as`` (what typed references use)."""
     name = registry.type_name(entity_type)
     validate_id("entity id", entity_id)
-    args: list[Any] = [name, entity_id, msg]
-    if durability is not None:
-        args.append(durability)
     registry.ensure_modules()  # an entity's exception comes back as its own class
     check_options(options)
     task_id = options.pop("task_id", None) or str(uuid.uuid4())
+    op = str(msg.get("op")) if isinstance(msg, dict) else "?"
+    result = await send_and_wait(name, entity_id, msg, durability, task_id, options, timeout)
+    result.describe(name, entity_id, op, decode_as)
+    return result.reply()
+
+
+async def send_and_wait(
+    entity_type: str,
+    entity_id: str,
+    msg: dict[str, Any],
+    durability: str | None,
+    task_id: str,
+    options: dict[str, Any],
+    timeout: float | None,
+) -> EntityResult[Any]:
+    """Publishes one call through the broker and awaits its stored reply on the loop's
+    subscription; returns the settled result (``.reply()`` gives the reply or raises).
+
+    Subscribes before publishing (:mod:`entities.replies`); raises ReplyTimeout after
+    ``timeout`` seconds. This is the broker's async send; a test kit replaces the
+    whole of :func:`call` with its in-process one.
+    """
+    args: list[Any] = [entity_type, entity_id, msg]
+    if durability is not None:
+        args.append(durability)
     app = transport.client_app()
     if not transport.routing_checked():  # the first send checks the store: off the loop
         await asyncio.to_thread(transport.check_routing)
-    backend_url = _redis_url(app.conf.result_backend)
-    direct = None if backend_url is None else transport.direct_message(app, args, task_id, options)
-    op = str(msg.get("op")) if isinstance(msg, dict) else "?"
     result: EntityResult[Any] = EntityResult(task_id, app=app, backend=app.backend)
-    result.describe(name, entity_id, op, decode_as)
+    result.describe(entity_type, entity_id, str(msg.get("op")) if isinstance(msg, dict) else "?")
+    backend_url = _redis_url(app.conf.result_backend)
     if backend_url is None:  # replies are not in Redis: wait in a thread
-        sent = await asyncio.to_thread(client.send, name, entity_id, msg, durability, **options)
-        sent.describe(name, entity_id, op, decode_as)
-        return await asyncio.to_thread(sent.get, timeout)
+        sent = await asyncio.to_thread(
+            client.send, entity_type, entity_id, msg, durability, task_id=task_id, **options
+        )
+        await asyncio.to_thread(sent.get, timeout, False)  # settles it; .reply() raises
+        return sent
+    direct = transport.direct_message(app, args, task_id, options)
     replies = async_replies(backend_url, _text(app.backend.task_keyprefix))
     reply: asyncio.Future[bytes] | None = None
     try:
@@ -92,7 +115,7 @@ async def call(
             await asyncio.to_thread(transport.push, app, direct)
         else:  # options only Celery's publish path takes
             await asyncio.to_thread(
-                client.send, name, entity_id, msg, durability, task_id=task_id, **options
+                client.send, entity_type, entity_id, msg, durability, task_id=task_id, **options
             )
     except BaseException as exc:
         if reply is not None:
@@ -109,7 +132,7 @@ async def call(
 
         raise ReplyTimeout(result.timeout_message(timeout)) from None
     result.settle(payload)
-    return result.reply()
+    return result
 
 
 async def delete(entity_type: str | type[Entity], entity_id: str, timeout: float = 10) -> None:
@@ -188,4 +211,5 @@ __all__ = [
     "read",
     "schedule_alarm",
     "send",
+    "send_and_wait",
 ]

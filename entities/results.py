@@ -95,7 +95,7 @@ class EntityResult(AsyncResult, Generic[R]):  # type: ignore[misc]  # celery is 
 
     def reply(self) -> R:
         """The reply of a settled result, decoded; raises its error as ``get()`` does."""
-        cache = self._cache
+        cache = self._cache if self._cache is not None else self._get_task_meta()
         if cache["status"] != "SUCCESS":
             self.maybe_throw()
         return self.decode(cache["result"])
