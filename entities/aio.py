@@ -200,9 +200,10 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+#: The async twins; ``call`` (with ``decode_as``) and ``send_and_wait`` are for references
+#: and transports.
 __all__ = [
     "aclose",
-    "call",
     "cancel_alarm",
     "cancel_all_alarms",
     "delete",
@@ -211,5 +212,4 @@ __all__ = [
     "read",
     "schedule_alarm",
     "send",
-    "send_and_wait",
 ]

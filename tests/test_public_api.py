@@ -69,6 +69,28 @@ ENTITIES_API = {
 
 WORKERS_API = {"app", "send_to_entity"}
 
+AIO_API = {
+    "send",
+    "read",
+    "list_entities",
+    "delete",
+    "schedule_alarm",
+    "cancel_alarm",
+    "cancel_all_alarms",
+    "list_alarms",
+    "aclose",
+}
+
+
+def test_entities_aio_exports_the_async_twins() -> None:
+    """Given `entities.aio`, then __all__ is the async twins (and aclose), each a coroutine
+    function, reachable as entities.aio after `import entities`."""
+    import inspect
+
+    assert set(entities.aio.__all__) == AIO_API
+    for name in AIO_API:
+        assert inspect.iscoroutinefunction(getattr(entities.aio, name)), name
+
 
 def test_entities_exports_exactly_the_public_api() -> None:
     """Given `entities`, then __all__ is exactly the pinned set, without repeats, all defined."""
