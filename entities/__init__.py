@@ -18,6 +18,7 @@ from entities.client import (
 )
 from entities.errors import (
     BadMessage,
+    BrokerError,
     ConfigurationError,
     DefinitionError,
     EntityError,
@@ -70,6 +71,7 @@ __all__ = [
     "get_settings",
     # errors
     "BadMessage",
+    "BrokerError",
     "ConfigurationError",
     "DefinitionError",
     "EntityError",

@@ -32,6 +32,7 @@ from entities.options import check_options
 from entities.replies import async_replies
 from entities.results import RAW, EntityResult
 from entities.store import Snapshot
+from entities.transports import Call, current_transport
 
 if TYPE_CHECKING:
     from entities.model import Delay, Entity
@@ -68,7 +69,8 @@ async def call(
     check_options(options)
     task_id = options.pop("task_id", None) or str(uuid.uuid4())
     op = str(msg.get("op")) if isinstance(msg, dict) else "?"
-    result = await send_and_wait(name, entity_id, msg, durability, task_id, options, timeout)
+    call = Call(name, entity_id, msg, durability, task_id, options)
+    result = await current_transport().send_and_wait(call, timeout)
     result.describe(name, entity_id, op, decode_as)
     return result.reply()
 
@@ -86,8 +88,9 @@ async def send_and_wait(
     subscription; returns the settled result (``.reply()`` gives the reply or raises).
 
     Subscribes before publishing (:mod:`entities.replies`); raises ReplyTimeout after
-    ``timeout`` seconds. This is the broker's async send; a test kit replaces the
-    whole of :func:`call` with its in-process one.
+    ``timeout`` seconds. This is the broker's async send
+    (:class:`entities.transports.BrokerTransport`); the test kit's transport
+    applies the call in process instead.
     """
     args: list[Any] = [entity_type, entity_id, msg]
     if durability is not None:

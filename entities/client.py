@@ -17,10 +17,9 @@ from entities.messages import OP_DELETE, validate_id
 from entities.model import Delay, _check_alarm_name, fire_time
 from entities.options import check_options
 from entities.results import EntityResult
-from entities.routing import TASK_NAME
 from entities.settings import get_settings
 from entities.store import Alarm, AlarmChange, Snapshot, SQLStore, Store
-from entities.transport import client_app, describe, send_direct
+from entities.transports import Call, current_transport
 
 if TYPE_CHECKING:
     from entities.model import Entity
@@ -79,30 +78,18 @@ def send(
     **options: Any,
 ) -> EntityResult[Any]:
     """Sends ``msg`` to an entity through its partition queue; returns its EntityResult
-    (an AsyncResult whose ``.get()`` gives the reply's JSON form)."""
+    (an AsyncResult whose ``.get()`` gives the reply's JSON form).
+
+    It goes through the process's transport (:mod:`entities.transports`): the
+    broker, or the test kit's harness in this process. Raises BrokerError if the
+    broker cannot be reached once the publish retries are spent.
+    """
     name = registry.type_name(entity_type)
     registry.ensure_modules()
-    args: list[Any] = [name, entity_id, msg]
-    if durability is not None:
-        args.append(durability)
     check_options(options)
-    app = client_app()
     task_id = options.pop("task_id", None)
-    sent: EntityResult[Any] | None = send_direct(app, args, task_id, options)
-    if sent is not None:
-        return sent
-    result: EntityResult[Any] = app.send_task(
-        TASK_NAME, args=args, task_id=task_id, result_cls=_result_class(app), **options
-    )
-    describe(result, args)
-    return result
-
-
-def _result_class(app: Any) -> Callable[[str], EntityResult[Any]]:
-    def make(task_id: str) -> EntityResult[Any]:
-        return EntityResult(task_id, app=app, backend=app.backend)
-
-    return make
+    call = Call(name, entity_id, msg, durability, task_id, options)
+    return current_transport().send(call)
 
 
 def delete(entity_type: str | type[Entity], entity_id: str, timeout: float = 10) -> None:
@@ -114,25 +101,6 @@ def delete(entity_type: str | type[Entity], entity_id: str, timeout: float = 10)
     send(entity_type, entity_id, {"op": OP_DELETE}).get(timeout=timeout)
 
 
-#: Sends an external alarm change through the entity's queue: (type, id, msg) -> None.
-AlarmOpSender = Callable[[str, str, dict[str, Any]], None]
-
-
-def _send_silently(entity_type: str, entity_id: str, msg: dict[str, Any]) -> None:
-    send(entity_type, entity_id, msg, ignore_result=True)
-
-
-_alarm_op_sender: AlarmOpSender = _send_silently
-
-
-def set_alarm_op_sender(sender: AlarmOpSender | None) -> AlarmOpSender:
-    """Installs how external alarm changes reach their entity's queue (the test kit applies
-    them in process); None restores the broker. Returns the previous sender."""
-    global _alarm_op_sender
-    previous, _alarm_op_sender = _alarm_op_sender, sender or _send_silently
-    return previous
-
-
 def _change_alarms(
     entity_type: str, entity_id: str, msg: dict[str, Any], write: Callable[[Store], Any]
 ) -> None:
@@ -141,7 +109,7 @@ def _change_alarms(
     The queued copy is sent first, then the store is written (see
     :mod:`entities.alarm_ops` for why that order).
     """
-    _alarm_op_sender(entity_type, entity_id, msg)
+    send(entity_type, entity_id, msg, ignore_result=True)
     write(get_store())
 
 

@@ -14,6 +14,8 @@ Every error a caller can see derives from :class:`EntityError`::
     │   └── MessageExpired        the message's ``expires`` time passed before it was applied
     ├── UpgradeError              a stored snapshot could not be brought to the class's vsn
     ├── ReplyTimeout              no reply in time (also celery.exceptions.TimeoutError)
+    ├── BrokerError               the broker (or the result backend) cannot be reached at send;
+    │                             also a kombu.exceptions.OperationalError
     └── StoreError                the state store failed (infrastructure; retried by workers)
         ├── FenceError            a version or epoch fence rejected a commit
         └── DataRefused           the store refused a value the data carried (not retried)
@@ -21,12 +23,15 @@ Every error a caller can see derives from :class:`EntityError`::
 Errors cross the broker as Celery failure results, so each class takes exactly
 one positional argument, its message, and is rebuilt from it on the client.
 Driver exceptions (SQLAlchemy, psycopg, redis) never reach callers: the store
-translates them into :class:`StoreError` at its one boundary.
+translates them into :class:`StoreError` at its one boundary, and a client's
+send translates broker failures into :class:`BrokerError` at its one boundary
+(:mod:`entities.broker_errors`), still catchable as kombu's OperationalError.
 """
 
 from __future__ import annotations
 
 from celery.exceptions import TimeoutError as _CeleryTimeoutError
+from kombu.exceptions import OperationalError
 
 
 class EntityError(Exception):
@@ -83,6 +88,16 @@ class ReplyTimeout(EntityError, _CeleryTimeoutError):  # type: ignore[misc]  # c
     """
 
 
+class BrokerError(EntityError, OperationalError):  # type: ignore[misc]  # kombu is untyped
+    """The broker (or the result backend) could not be reached when a call was sent.
+
+    Raised once the send's retries are spent (Celery's ``task_publish_retry_policy``;
+    for the reply's subscription, the result backend's retry policy). The message
+    names the URL, with its password masked, and what to check. A kombu
+    ``OperationalError`` too, so callers that caught Celery's error still catch it.
+    """
+
+
 class StoreError(EntityError):
     """The state store failed; workers keep the message and retry with backoff."""
 
@@ -108,6 +123,7 @@ class FenceError(StoreError):
 
 __all__ = [
     "BadMessage",
+    "BrokerError",
     "ConfigurationError",
     "DefinitionError",
     "EntityError",

@@ -19,6 +19,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
+from entities.broker_errors import publish_retrying, reaching
 from entities.delayed import add as add_delayed
 from entities.delayed import due_ms
 from entities.errors import ConfigurationError
@@ -104,6 +105,8 @@ def send_direct(
     something only Celery's path does (options such as link or headers,
     publish signals or sent events, eager mode, a call made inside a running
     task, a non-Redis result backend), so the caller sends it the usual way.
+    Both publishes retry under the app's publish retry policy, as Celery's
+    publish does, then raise BrokerError (:mod:`entities.broker_errors`).
     """
     direct = direct_message(app, args, task_id, options)
     if direct is None:
@@ -113,17 +116,15 @@ def send_direct(
 
     waiter = None
     try:
-        if not direct.ignore_result:
-            waiter = waiter_for(app.backend)
-            waiter.watch(direct.task_id)  # subscribes before the reply can exist
-        push(app, direct)
-    except Exception as exc:
+        with reaching(app):  # retried as Celery's publish is, then BrokerError
+            if not direct.ignore_result:
+                waiter = waiter_for(app.backend)
+                waiter.watch(direct.task_id)  # subscribes before the reply can exist
+            push(app, direct)
+    except Exception:
         if waiter is not None:
             waiter.forget(direct.task_id)
-        error = publish_error(exc)
-        if error is exc:
-            raise
-        raise error from exc
+        raise
     result: EntityResult[Any] = EntityResult(direct.task_id, app=app, backend=app.backend)
     result._waiter = waiter
     return describe(result, args)
@@ -164,13 +165,15 @@ class Direct:
 
 
 def push(app: Any, direct: Direct) -> None:
-    """Publishes a direct call: one LPUSH, or an add to the delayed set if it is due later."""
+    """Publishes a direct call: one LPUSH, or an add to the delayed set if it is due later,
+    retried under the app's publish retry policy (:mod:`entities.broker_errors`)."""
     publisher = _publisher(app.conf.broker_url)
     if direct.delayed:
         assert direct.eta is not None
-        add_delayed(publisher, direct.partition, [(direct.raw, due_ms(direct.eta))])
+        due = due_ms(direct.eta)
+        publish_retrying(app, lambda: add_delayed(publisher, direct.partition, [(direct.raw, due)]))
     else:
-        publisher.lpush(direct.queue, direct.raw)
+        publish_retrying(app, lambda: publisher.lpush(direct.queue, direct.raw))
 
 
 def direct_message(

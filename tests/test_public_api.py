@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kombu.exceptions
 import pytest
 
 import entities
@@ -52,6 +53,7 @@ ENTITIES_API = {
     "get_settings",
     # errors
     "BadMessage",
+    "BrokerError",
     "ConfigurationError",
     "DefinitionError",
     "EntityError",
@@ -111,7 +113,7 @@ def test_every_error_derives_from_entity_error() -> None:
     """Given the exported errors, then each is an EntityError (one tree, one base)."""
     exported = [getattr(entities, n) for n in ENTITIES_API]
     errors = [e for e in exported if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 14
+    assert len(errors) == 15
     assert all(issubclass(e, entities.EntityError) for e in errors)
     assert issubclass(entities.SchemaError, entities.ConfigurationError)
     assert issubclass(entities.FenceError, entities.StoreError)
@@ -125,6 +127,7 @@ def test_every_error_derives_from_entity_error() -> None:
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     assert issubclass(entities.ReplyTimeout, CeleryTimeout)  # existing callers catch it
+    assert issubclass(entities.BrokerError, kombu.exceptions.OperationalError)  # Celery's callers
 
 
 def test_importing_entities_never_imports_workers_and_does_no_io() -> None:

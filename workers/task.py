@@ -8,7 +8,8 @@ order, by :mod:`workers.forwarder`; the body never runs for it either. The body
 runs only for a call sent explicitly to this app's tasks queue, and forwards
 it keeping its task id, expiry, callbacks and ids, so the reply arrives as
 usual. Send options are checked by :func:`entities.options.check_options`:
-each is honoured or refused.
+each is honoured or refused. Under the test kit's transport
+(:mod:`entities.transports`) a call is applied in this process instead.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
+from entities.broker_errors import reaching
 from entities.messages import validate_message
 from entities.options import check_callbacks, check_options
 from entities.results import EntityResult
 from entities.routing import TASK_NAME
 from entities.transport import describe, send_direct
+from entities.transports import BrokerTransport, Call, current_transport
 from workers.app import app
 
 
@@ -52,15 +55,21 @@ class EntityTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     ) -> Any:
         check_options(options)
         check_callbacks(link, link_error, options.get("chain"))
+        transport = current_transport()
+        if not isinstance(transport, BrokerTransport):  # the test kit's, in this process
+            given = {"producer": producer, "link": link, "link_error": link_error, "shadow": shadow}
+            extra = {k: v for k, v in given.items() if v}
+            return transport.send(Call.of_task(args, kwargs, task_id, {**options, **extra}))
         if kwargs and set(kwargs) == {"durability"} and args and len(args) == 3:
             args, kwargs = [*args, kwargs["durability"]], None
         if not (kwargs or producer or link or link_error or shadow):
             sent = send_direct(self._get_app(), args, task_id, options, self.AsyncResult)
             if sent is not None:
                 return sent
-        result = super().apply_async(
-            args, kwargs, task_id, producer, link, link_error, shadow, **options
-        )
+        with reaching(self._get_app()):  # Celery's publish retries, then BrokerError
+            result = super().apply_async(
+                args, kwargs, task_id, producer, link, link_error, shadow, **options
+            )
         if kwargs and not args:
             args = [kwargs.get(k) for k in ("entity_type", "entity_id", "msg")]
         return describe(result, args)

@@ -8,9 +8,11 @@ with the dispatcher's own query and misfire policy (:func:`workers.alarms.claim`
 and fire only when the test says so. Messages an entity sends are delivered
 after its commit, as the outbox publisher does.
 
-While a harness is open it is the process's store and clock, so the client
-helpers (``entities.read``, ``entities.schedule_alarm``, ``entities.failed_alarms``,
-``entities.retry_alarm`` ...) work on it and see its virtual time. One harness
+While a harness is open it is the process's store, clock and transport
+(:mod:`workers.inprocess`), so every client helper works on it, in this process,
+and sees its virtual time: ``Counter.ref(id).op()`` and ``.op.delay()``,
+``send_to_entity.delay``, ``entities.delete``, ``entities.read``,
+``entities.list_entities``, the alarm helpers; none touches a broker. One harness
 at a time; it is not thread-safe. It lives in ``workers`` because it runs
 worker code (see :mod:`entities.testing`).
 """
@@ -28,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from entities import clock, registry
-from entities.client import set_alarm_op_sender, set_store
+from entities.client import set_store
 from entities.migrate import upgrade
 from entities.model import Entity
 from entities.routing import partition_for
@@ -36,8 +38,10 @@ from entities.settings import Settings
 from entities.store import Alarm, OutboxMessage, Snapshot, SQLStore
 from entities.store import schema as t
 from entities.testing import VirtualClock, celery_message
+from entities.transports import use_transport
 from workers.alarms import alarm_call, claim
 from workers.apply import Outcome
+from workers.inprocess import InProcessTransport
 from workers.processor import Processor
 
 __all__ = ["AlarmChainTooLong", "Harness"]
@@ -72,13 +76,13 @@ class Harness:
         self._unacked: dict[int, list[tuple[str, str, bytes]]] = collections.defaultdict(list)
         self._old_clock = clock.install(self.clock)
         self._old_store = set_store(self.store)
-        self._old_sender = set_alarm_op_sender(self._alarm_op)
+        self._old_transport = use_transport(InProcessTransport(self))
 
     def close(self) -> None:
-        """Restores the process's clock and store and deletes the harness's database."""
+        """Restores the process's clock, store and transport and deletes the harness's database."""
         clock.install(self._old_clock)
         set_store(self._old_store)
-        set_alarm_op_sender(self._old_sender)
+        use_transport(self._old_transport)
         self.store.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -114,7 +118,7 @@ class Harness:
         name = registry.type_name(entity_type)
         msg = {"op": op, "args": list(args), "kwargs": kwargs}
         raw = celery_message(name, entity_id, msg, task_id, durability)
-        return _reply(self._deliver(name, entity_id, raw))
+        return _reply(self.deliver(name, entity_id, raw))
 
     def read(self, entity_type: str | type[Entity], entity_id: str) -> Snapshot | None:
         """The entity's last committed snapshot, as ``entities.read`` gives it."""
@@ -137,7 +141,7 @@ class Harness:
         for partition in list(self._unacked):
             again, self._unacked[partition] = self._unacked[partition], []
             for entity_type, entity_id, raw in again:
-                self._deliver(entity_type, entity_id, raw)
+                self.deliver(entity_type, entity_id, raw)
 
     # -- time and alarms ------------------------------------------------------------------
 
@@ -219,17 +223,11 @@ class Harness:
     def _fire(self, alarm: Alarm) -> Outcome:
         task_id, (etype, eid, msg) = alarm_call(alarm)
         raw = celery_message(etype, eid, msg, task_id, ignore_result=True)
-        return self._deliver(etype, eid, raw)
+        return self.deliver(etype, eid, raw)
 
-    def _alarm_op(self, entity_type: str, entity_id: str, msg: dict[str, Any]) -> None:
-        """Applies an external alarm change (``entities.schedule_alarm`` ...) as a worker
-        would take it from the entity's queue."""
-        outcome = self._deliver(
-            entity_type, entity_id, celery_message(entity_type, entity_id, msg, ignore_result=True)
-        )
-        _reply(outcome)
-
-    def _deliver(self, entity_type: str, entity_id: str, raw: bytes) -> Outcome:
+    def deliver(self, entity_type: str, entity_id: str, raw: bytes) -> Outcome:
+        """Applies one message (its bytes as a partition queue holds them), then delivers
+        the sends it committed; returns its outcome. The client helpers come here."""
         outcome, outbox = self._process(entity_type, entity_id, raw)
         self._publish(outbox)
         return outcome
