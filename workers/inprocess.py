@@ -28,8 +28,9 @@ if TYPE_CHECKING:
     from workers.apply import Outcome
     from workers.testing import Harness
 
-#: Send options the harness honours; any other (countdown, link ...) is refused.
-SUPPORTED_OPTIONS = frozenset({"ignore_result"})
+#: Send options the harness honours (the publish retries have nothing to retry in process);
+#: any other (countdown, expires, link ...) is refused.
+SUPPORTED_OPTIONS = frozenset({"ignore_result", "retry", "retry_policy"})
 
 
 class InProcessResult(EntityResult[Any]):
