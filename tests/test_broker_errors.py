@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
-from entities.broker_errors import masked_url
+from entities.broker_errors import masked_url, reaching
+from entities.errors import BrokerError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,3 +148,33 @@ def test_a_separate_result_backend_is_named_too() -> None:
 )
 def test_masked_urls_keep_everything_but_the_password(url: str, shown: str) -> None:
     assert masked_url(url) == shown
+
+
+class _Conf:
+    broker_url = "redis://:pw@127.0.0.1:9/0"
+    result_backend = "redis://:pw@127.0.0.1:9/0"
+
+
+class _App:
+    conf = _Conf()
+
+
+@pytest.mark.no_services
+def test_only_connection_failures_become_broker_errors() -> None:
+    """Given errors raised inside a send, then a connection failure (itself, or the cause of
+    Celery's result-consumer RuntimeError) becomes BrokerError, and anything else passes."""
+    with (
+        pytest.raises(
+            BrokerError, match=r"the broker at redis://:\*\*@127\.0\.0\.1:9/0: refused\. "
+        ),
+        reaching(_App()),
+    ):
+        raise redis.ConnectionError("refused")
+    with pytest.raises(BrokerError), reaching(_App()):
+        try:
+            raise redis.ConnectionError("refused")
+        except redis.ConnectionError as exc:
+            raise RuntimeError("Retry limit exceeded") from exc
+    for unrelated in (ValueError("bad"), RuntimeError("no cause"), KeyError("k")):
+        with pytest.raises(type(unrelated)), reaching(_App()):
+            raise unrelated

@@ -214,3 +214,17 @@ def test_every_async_twin_runs_in_the_harness(
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     asyncio.run(_every_async_twin(aio))
+
+
+def test_a_task_call_is_read_from_args_and_keywords_or_refused_by_name() -> None:
+    """Given send_to_entity's arguments in either form, then the call is the same; given
+    arguments it does not take, then BadMessage says what it takes."""
+    msg = {"op": "get"}
+    positional = Call.of_task(("counter", "a", msg, "strict"), None, "t", {})
+    named = Call.of_task(
+        ("counter",), {"entity_id": "a", "msg": msg, "durability": "strict"}, "t", {}
+    )
+    assert positional == named == Call("counter", "a", msg, "strict", "t", {})
+    for args, kwargs in [(("counter", "a"), None), (("c", "a", msg), {"colour": "red"})]:
+        with pytest.raises(entities.BadMessage, match="takes \\(entity_type, entity_id, msg"):
+            Call.of_task(args, kwargs, None, {})
