@@ -27,6 +27,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from entities import client, registry, transport
+from entities.broker_errors import publish_retrying_async
 from entities.messages import OP_DELETE, validate_id
 from entities.options import check_options
 from entities.replies import async_replies
@@ -113,7 +114,12 @@ async def send_and_wait(
     try:
         reply = await replies.watch(task_id)
         if direct is not None and not direct.delayed:
-            await async_replies(app.conf.broker_url, "").client.lpush(direct.queue, direct.raw)
+            broker, queue, raw = (
+                async_replies(app.conf.broker_url, "").client,
+                direct.queue,
+                direct.raw,
+            )
+            await publish_retrying_async(app, lambda: broker.lpush(queue, raw))
         elif direct is not None:  # due later: the delayed set's script, once, off the loop
             await asyncio.to_thread(transport.push, app, direct)
         else:  # options only Celery's publish path takes

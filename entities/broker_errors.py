@@ -16,8 +16,9 @@ message); both copies carry one task id, so the entity applies it at most once.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -57,6 +58,23 @@ def publish_retrying(app: Any, publish: Callable[[], T]) -> T:
     keys = ("max_retries", "interval_start", "interval_step", "interval_max")
     result: T = retry_over_time(publish, RETRIED, **{k: policy[k] for k in keys})
     return result
+
+
+async def publish_retrying_async(app: Any, publish: Callable[[], Awaitable[T]]) -> T:
+    """:func:`publish_retrying` for an async publish (``redis.asyncio``): the same tries and
+    pauses, awaited, so the event loop runs on between them."""
+    policy = {**_DEFAULT_POLICY, **(app.conf.task_publish_retry_policy or {})}
+    max_retries = policy["max_retries"] if app.conf.task_publish_retry else 0
+    pause, retries = float(policy["interval_start"]), 0
+    while True:
+        try:
+            return await publish()
+        except RETRIED:
+            if max_retries is not None and retries >= max_retries:
+                raise
+        retries += 1
+        await asyncio.sleep(min(pause, float(policy["interval_max"])))
+        pause += float(policy["interval_step"])
 
 
 @contextmanager

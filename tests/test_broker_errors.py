@@ -4,6 +4,7 @@ it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,7 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from entities.broker_errors import masked_url, reaching
+from entities.broker_errors import (
+    masked_url,
+    publish_retrying,
+    publish_retrying_async,
+    reaching,
+)
 from entities.errors import BrokerError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,3 +184,54 @@ def test_only_connection_failures_become_broker_errors() -> None:
     for unrelated in (ValueError("bad"), RuntimeError("no cause"), KeyError("k")):
         with pytest.raises(type(unrelated)), reaching(_App()):
             raise unrelated
+
+
+class _Policy:
+    task_publish_retry = True
+    task_publish_retry_policy = {
+        "max_retries": 2,
+        "interval_start": 0,
+        "interval_step": 0.01,
+        "interval_max": 0.01,
+    }
+
+
+class _PolicyApp:
+    conf = _Policy()
+
+
+class _Flaky:
+    """A publish that fails its first ``failures`` tries."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.tries = 0
+
+    def __call__(self) -> str:
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise redis.ConnectionError("refused")
+        return "sent"
+
+    async def aio(self) -> str:
+        return self()
+
+
+def _publish(kind: str, flaky: _Flaky) -> str:
+    if kind == "sync":
+        return publish_retrying(_PolicyApp(), flaky)
+    return asyncio.run(publish_retrying_async(_PolicyApp(), flaky.aio))
+
+
+@pytest.mark.no_services
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_sync_and_async_publishes_retry_alike(kind: str) -> None:
+    """Given max_retries=2, when a publish keeps failing, then it is tried three times and its
+    error raised; when it fails once, then the second try's value is returned."""
+    always = _Flaky(failures=99)
+    with pytest.raises(redis.ConnectionError):
+        _publish(kind, always)
+    assert always.tries == 3
+    once = _Flaky(failures=1)
+    assert _publish(kind, once) == "sent"
+    assert once.tries == 2

@@ -9,12 +9,14 @@ import os
 import socket
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import entities
+from entities import Entity, handler
 from entities.client import send
 from entities.transports import BrokerTransport, Call, current_transport
 from tests.fixture_entities import Boom, Counter
@@ -177,12 +179,30 @@ def test_send_options_the_harness_cannot_honour_are_refused_by_name(
         send_to_entity.apply_async(("counter", "o", {"op": "get"}), countdown=5)
 
 
-def test_a_reply_comes_back_as_json_brings_it(entity_harness: Harness) -> None:
-    """Given the harness, then a reply is what the result backend's JSON gives a client."""
+class KitTill(Entity, name="kit-till"):
+    total: Decimal = Decimal("0")
+
+    @handler
+    def ring(self, amount: str) -> tuple[Decimal, int]:
+        self.total += Decimal(amount)
+        return self.total, 1
+
+
+def test_a_reply_comes_back_as_json_brings_it_or_by_its_annotation(
+    entity_harness: Harness,
+) -> None:
+    """Given the harness, then a reply is what the result backend's JSON gives a client; told
+    the handler's return type (as a typed reference tells its result), it is decoded by it."""
     reply = send("counter", "j", {"op": "increment", "args": [1]}).get()
     assert reply == 1 and type(reply) is int
     settled = asyncio.run(current_transport().send_and_wait(Call("counter", "j", {"op": "get"}), 1))
     assert settled.reply() == 1
+    raw = send(KitTill, "t", {"op": "ring", "args": ["1.10"]}).get()
+    assert raw == [Decimal("1.10"), 1]  # kombu's JSON revives the Decimal; the tuple is a list
+    typed = send(KitTill, "t", {"op": "ring", "args": ["1.10"]})
+    typed = typed.describe("kit-till", "t", "ring", tuple[Decimal, int])
+    assert typed.get() == (Decimal("2.20"), 1)
+    assert KitTill.ref("t").ring("0.80") == (Decimal("3.00"), 1)  # a typed reference
 
 
 async def _every_async_twin(aio: Any) -> None:
