@@ -3,7 +3,8 @@
 ``entities`` never imports ``workers``: a process that only sends messages
 (``Counter.ref(id).increment()``, ``entities.delete``) uses the Celery app that
 is current (``workers.app`` once imported) or builds a client-only app from
-the same configuration.
+the same configuration. Client helpers reach it through the one injection point,
+:mod:`entities.transports` (whose default transport publishes with this module).
 """
 
 from __future__ import annotations
