@@ -41,10 +41,11 @@ _QUERY_PASSWORD = re.compile(r"((?:^|[?&;])password=)[^&;]*", re.I)
 
 
 def masked_url(url: str) -> str:
-    """``url`` with every password replaced by ``**`` (each URL of a ``;``-separated list,
-    as Celery writes Sentinel URLs, and a ``password=`` query parameter too)."""
+    """``url`` with every password replaced by ``***``, as SQLAlchemy hides a database's
+    (each URL of a ``;``-separated list, as Celery writes Sentinel URLs, and a
+    ``password=`` query parameter too)."""
     return ";".join(
-        _QUERY_PASSWORD.sub(r"\1**", _USERINFO.sub(r"\1**@", part)) for part in url.split(";")
+        _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1***@", part)) for part in url.split(";")
     )
 
 
@@ -129,5 +130,5 @@ def _scrub(text: str, *urls: str) -> str:
             except ValueError:
                 continue
             if password:
-                text = text.replace(password, "**").replace(unquote(password), "**")
+                text = text.replace(password, "***").replace(unquote(password), "***")
     return text

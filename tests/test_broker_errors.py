@@ -111,7 +111,7 @@ def test_every_send_path_raises_broker_error_naming_the_broker_without_its_passw
         assert seen["raised"] == "BrokerError", (path, seen)
         assert seen["operational"] and seen["entity_error"], path
         message = str(seen["message"])
-        assert "redis://:**@127.0.0.1:9/0" in message, (path, message)
+        assert "redis://:***@127.0.0.1:9/0" in message, (path, message)
         assert "s3cret" not in message, (path, message)
         assert "ENTITIES_BROKER_URL" in message and "Check that Redis is running" in message
         assert float(str(seen["seconds"])) < 5, (path, seen)
@@ -131,7 +131,7 @@ def test_a_separate_result_backend_is_named_too() -> None:
     seen = run_probe(backend="redis://user:pw-2@127.0.0.1:9/5")["ref() call"]
     assert seen["raised"] == "BrokerError"
     message = str(seen["message"])
-    assert "(results at redis://user:**@127.0.0.1:9/5)" in message
+    assert "(results at redis://user:***@127.0.0.1:9/5)" in message
     assert "ENTITIES_BROKER_URL and ENTITIES_RESULT_BACKEND name them" in message
     assert "pw-2" not in message and "s3cret" not in message
 
@@ -140,14 +140,14 @@ def test_a_separate_result_backend_is_named_too() -> None:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("redis://:secret@host:6379/0", "redis://:**@host:6379/0"),
-        ("redis://user:secret@host/1", "redis://user:**@host/1"),
-        ("rediss://u:p@ss@host:1/0", "rediss://u:**@host:1/0"),  # an unescaped @ in it
+        ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:secret@host/1", "redis://user:***@host/1"),
+        ("rediss://u:p@ss@host:1/0", "rediss://u:***@host:1/0"),  # an unescaped @ in it
         ("redis://host:6379/0", "redis://host:6379/0"),
-        ("redis://host/0?password=secret&db=1", "redis://host/0?password=**&db=1"),
+        ("redis://host/0?password=secret&db=1", "redis://host/0?password=***&db=1"),
         (
             "sentinel://:a@h1:26379;sentinel://:b@h2:26379",
-            "sentinel://:**@h1:26379;sentinel://:**@h2:26379",
+            "sentinel://:***@h1:26379;sentinel://:***@h2:26379",
         ),
         ("redis+socket:///tmp/redis.sock", "redis+socket:///tmp/redis.sock"),
     ],
@@ -171,7 +171,7 @@ def test_only_connection_failures_become_broker_errors() -> None:
     Celery's result-consumer RuntimeError) becomes BrokerError, and anything else passes."""
     with (
         pytest.raises(
-            BrokerError, match=r"the broker at redis://:\*\*@127\.0\.0\.1:9/0: refused\. "
+            BrokerError, match=r"the broker at redis://:\*\*\*@127\.0\.0\.1:9/0: refused\. "
         ),
         reaching(_App()),
     ):

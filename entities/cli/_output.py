@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from rich.console import Console
@@ -84,12 +83,10 @@ def broker_trouble(settings: Settings, exc: Exception) -> str:
 
 
 def safe_broker(url: str) -> str:
-    """A broker URL with its password hidden, for printing."""
-    parsed = urlsplit(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return urlunsplit(parsed._replace(netloc=netloc))
+    """A broker URL with its password hidden, for printing (Sentinel lists included)."""
+    from entities.broker_errors import masked_url
+
+    return masked_url(url)
 
 
 def import_entity_modules() -> None:
