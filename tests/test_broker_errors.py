@@ -30,9 +30,10 @@ CLOSED = "redis://:s3cret-pw@127.0.0.1:9/0"
 #: Runs each send path against the closed port with short retry policies, and reports what
 #: each raised, how long it took and how many LPUSHes the direct path tried.
 PROBE = """
-import json, sys, time
+import asyncio, json, sys, time
 import kombu.exceptions, redis
 import entities
+import entities.aio
 from entities.client import send
 from entities.transport import client_app
 from tests.fixture_entities import Counter
@@ -60,6 +61,8 @@ paths = {
     ),
     "entities.delete": lambda: entities.delete("counter", "a"),
     "schedule_alarm": lambda: entities.schedule_alarm("counter", "a", "x", 60),
+    "ref().aio": lambda: asyncio.run(Counter.ref("a").increment.aio(1)),
+    "entities.aio.send": lambda: asyncio.run(entities.aio.send("counter", "a", {"op": "get"})),
 }
 report = {}
 for name, fn in paths.items():

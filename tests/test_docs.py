@@ -4,7 +4,6 @@ them (and in the README) is one the command accepts."""
 from __future__ import annotations
 
 import os
-import pkgutil
 import re
 import shlex
 import subprocess
@@ -35,24 +34,6 @@ def blocks(text: str, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", text, re.M | re.S)
 
 
-def python_blocks(text: str) -> list[str]:
-    """A guide's python samples, in order. A sample fenced ```python needs:a.b,c runs once
-    every name it needs can be imported (a part of the API that lands separately)."""
-    found = re.findall(r"^```python(?: needs:(\S+))?\n(.*?)^```", text, re.M | re.S)
-    return [code for needs, code in found if not missing(needs)]
-
-
-def missing(needs: str) -> list[str]:
-    """The names of ``needs`` (comma-separated dotted names) that cannot be imported."""
-    absent = []
-    for name in filter(None, needs.split(",")):
-        try:
-            pkgutil.resolve_name(name)
-        except (ImportError, AttributeError, ValueError):
-            absent.append(name)
-    return absent
-
-
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ENTITIES_MODULES": "", "PYTHONPATH": str(ROOT)}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
@@ -61,7 +42,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("guide", [g for g in GUIDES if g != "testing.md"])
 def test_the_python_samples_of_a_guide_run_in_order(guide: str, tmp_path: Path) -> None:
     """Each guide's samples are one story: run together, top to bottom, in a fresh process."""
-    code = "\n\n".join(python_blocks((ROOT / "docs" / guide).read_text()))
+    code = "\n\n".join(blocks((ROOT / "docs" / guide).read_text(), "python"))
     assert code, f"{guide} has no python sample"
     done = run([sys.executable, "-c", code], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -69,25 +50,11 @@ def test_the_python_samples_of_a_guide_run_in_order(guide: str, tmp_path: Path) 
 
 def test_the_testing_guide_runs_as_a_pytest_module_with_the_plugin(tmp_path: Path) -> None:
     """The testing guide's samples, fixtures and test function included, run under pytest."""
-    code = "\n\n".join(python_blocks((ROOT / "docs" / "testing.md").read_text()))
+    code = "\n\n".join(blocks((ROOT / "docs" / "testing.md").read_text(), "python"))
     (tmp_path / "test_guide.py").write_text(code)
     done = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "."], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
-
-
-def test_every_guide_sample_runs_once_what_it_needs_has_landed() -> None:
-    """Samples that wait for a part of the API (```python needs:...) are listed, not lost."""
-    waiting = [
-        (guide, needs)
-        for guide in GUIDES
-        for needs in re.findall(
-            r"^```python needs:(\S+)\n", (ROOT / "docs" / guide).read_text(), re.M
-        )
-        if missing(needs)
-    ]
-    if waiting:
-        pytest.skip(f"samples waiting for names not importable yet: {waiting}")
 
 
 def command_lines() -> list[tuple[str, str]]:

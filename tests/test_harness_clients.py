@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import entities
+import entities.aio
 from entities import Entity, handler
 from entities.client import send
 from entities.transports import BrokerTransport, Call, current_transport
@@ -49,6 +50,7 @@ def record_spawn(self, args, *more, **kw):
 subprocess.Popen.__init__ = record_spawn
 
 import entities
+import entities.aio
 from entities import Entity, handler
 from entities.client import send
 from entities.transports import Call, current_transport
@@ -98,6 +100,15 @@ with Harness() as h:
     assert entities.read(Tally, "a") is None
     call = Call("kit-tally", "a", {"op": "add", "args": [3]})
     assert asyncio.run(current_transport().send_and_wait(call, 1.0)).reply() == 3
+
+    async def twins():
+        assert await Tally.ref("b").add.aio(2) == 2
+        assert await entities.aio.send("kit-tally", "b", {"op": "add"}) == 3
+        assert (await entities.aio.read(Tally, "b")).state == {"count": 3}
+        assert await entities.aio.list_alarms(Tally, "b") == []
+        await entities.aio.delete(Tally, "b")
+
+    asyncio.run(twins())
 print(json.dumps({
     "connects": connects,
     "spawned": spawned,
@@ -225,15 +236,14 @@ async def _every_async_twin(aio: Any) -> None:
 def test_every_async_twin_runs_in_the_harness(
     entity_harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Given the harness and entities.aio (issue 12, item 2), when every async twin is
+    """Given the harness, when every async twin of entities.aio and a reference's .aio are
     awaited with every socket connection refused, then each works in this process."""
-    aio = pytest.importorskip("entities.aio", reason="entities.aio is not on this branch yet")
 
     def refuse(self: socket.socket, address: Any, *args: Any) -> None:
         raise AssertionError(f"an async helper connected to {address!r}")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    asyncio.run(_every_async_twin(aio))
+    asyncio.run(_every_async_twin(entities.aio))
 
 
 def test_a_task_call_is_read_from_args_and_keywords_or_refused_by_name() -> None:
