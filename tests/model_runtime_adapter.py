@@ -243,12 +243,11 @@ class Runtime:
 
     def crash(self, partition: int, point: str | None) -> str:
         """Kills the owner at ``point`` of its next step (None: between steps)."""
-        owner = self.owners.get(partition)
-        if owner is None:
-            return "none"
         if point is None:
-            self._drop(owner)
+            if partition in self.owners:
+                self._drop(self.owners[partition])
             return "crash"
+        owner = self.owner(partition)
         owner.store.armed = point
         outcome = self.step(partition)
         if outcome != "crash" and partition in self.owners:

@@ -334,7 +334,6 @@ class RuntimeMachine(RuleBasedStateMachine):
     def purge(self) -> None:
         """Processed records purged with retention 0: only those of messages acknowledged
         and no longer queued, in flight or held may go (their resends then apply anew)."""
-        self._drain()
         pending = self.rt.pending_task_ids()
         self.rt.purge_processed()
         for task_id in list(self.records):
@@ -481,14 +480,14 @@ class FinalChecked(RuntimeMachine):
 
 
 QUICK = settings(
-    max_examples=50,
-    stateful_step_count=30,
+    max_examples=100,
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 LONG = settings(
-    max_examples=1000,
-    stateful_step_count=60,
+    max_examples=2000,
+    stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
