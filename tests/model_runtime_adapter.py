@@ -28,7 +28,7 @@ import redis
 from entities import clock
 from entities.client import get_store
 from entities.control import pause_entity, pause_partition, resume_entity, resume_partition
-from entities.errors import FenceError, StoreError
+from entities.errors import DataRefused, FenceError, StoreError
 from entities.routing import (
     held_list_key,
     held_set_key,
@@ -71,12 +71,13 @@ class CrashingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def commit(self, batch: Any) -> None:
+    def commit(self, batch: Any) -> Any:
         if self.armed == "before_commit":
             raise Crash("before commit")
-        self._store.commit(batch)
+        found = self._store.commit(batch)
         if self.armed == "after_commit" and batch:
             raise Crash("after commit")
+        return found
 
     def forget_outbox(self, message_ids: Any) -> None:
         if self.armed == "before_forget":
@@ -211,18 +212,18 @@ class Runtime:
                 return self._gone(owner)
             runner._recover(0.0, exc)
             return "retry"
+        except DataRefused as exc:  # a message's content: blamed on the messages it touched
+            return self._blame(owner, exc)
         except (StoreError, redis.RedisError, OSError) as exc:
             runner._recover(0.0, exc)
             return "retry"
-        except Exception as exc:  # a bug: the runner strikes the message
-            runner._recover(0.0, exc)
-            try:
-                runner._strike(exc)
-            except LeaseLost:
-                return self._gone(owner)
-            except Exception:
-                pass
-            return "retry"
+        except Exception as exc:  # a bug: the runner strikes the messages it touched
+            return self._blame(owner, exc)
+
+    def _blame(self, owner: Owner, exc: BaseException) -> str:
+        if owner.runner._blame(0.0, exc) is None:
+            return self._gone(owner)
+        return "retry"
 
     def _gone(self, owner: Owner) -> str:
         owner.runner.lane.close()
@@ -352,7 +353,11 @@ class Runtime:
 
     def purge_processed(self) -> int:
         """Purges processed records with a retention of 0 (everything the store may drop)."""
-        return self.store.purge_processed(clock.now() + _second())
+        return self.store.purge_processed(0.0)
+
+    def recorded(self, task_ids: list[str]) -> set[str]:
+        """Which of ``task_ids`` have a processed record in the store."""
+        return set(self.store.processed(task_ids)) if task_ids else set()
 
     def load(self, entity_type: str, entity_id: str) -> Snapshot | None:
         return self.store.load(entity_type, entity_id)
@@ -401,12 +406,6 @@ def _task_id(raw: bytes) -> str:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _second() -> Any:
-    import datetime as dt
-
-    return dt.timedelta(seconds=1)
 
 
 def _reply(raw: bytes | None) -> tuple[str, Any] | None:

@@ -21,6 +21,7 @@ processed records. The model is the contract, applied in queue order:
 
 from __future__ import annotations
 
+import collections
 import itertools
 import uuid
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.paused: set[tuple[str, str]] = set()
         self.paused_partitions: set[int] = set()
         self.counter = itertools.count()
+        self.pushes: collections.Counter[str] = collections.Counter()  # copies of each task id
 
     def teardown(self) -> None:
         self.rt.close()
@@ -196,6 +198,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         task_id = f"m-{uuid.uuid4().hex[:12]}"
         raw = self.rt.message(key[0], key[1], msg, task_id, durability)
         self.sent.append((key, task_id, raw, msg))
+        self.pushes[task_id] += 1
         self.rt.enqueue(key[0], key[1], raw)
         self._model_deliver(key, task_id, msg)
 
@@ -241,6 +244,7 @@ class RuntimeMachine(RuleBasedStateMachine):
     def resend(self, data: st.DataObject) -> None:
         """A second send with the same task id (the same bytes)."""
         key, task_id, raw, msg = data.draw(st.sampled_from(self.sent))
+        self.pushes[task_id] += 1
         self.rt.enqueue(key[0], key[1], raw)
         self._model_deliver(key, task_id, msg)
 
@@ -285,6 +289,7 @@ class RuntimeMachine(RuleBasedStateMachine):
 
     def _fire(self, key: tuple[str, str], task_id: str, raw: bytes, name: str, gen: str) -> None:
         self.firings.append((key, task_id, raw, name, gen))
+        self.pushes[task_id] += 1
         self._model_deliver(key, task_id, {"op": OP_ALARM, "model_gen": (name, gen)})
 
     @rule()
@@ -311,12 +316,14 @@ class RuntimeMachine(RuleBasedStateMachine):
     def refire(self, data: st.DataObject) -> None:
         """A firing dispatched again (a second beat, a broker redelivery)."""
         key, task_id, raw, name, gen = data.draw(st.sampled_from(self.firings))
+        self.pushes[task_id] += 1
         self.rt.enqueue(key[0], key[1], raw)
         self._model_deliver(key, task_id, {"op": OP_ALARM, "model_gen": (name, gen)})
 
     @rule(key=st.sampled_from(MAINS), name=st.sampled_from(ALARM_NAMES), cancel=st.booleans())
     def external_alarm(self, key: tuple[str, str], name: str, cancel: bool) -> None:
-        """entities.schedule_alarm / cancel_alarm from outside, once the entity is idle."""
+        """entities.schedule_alarm / cancel_alarm from outside, once the entity is idle (its
+        queued messages applied, not necessarily flushed)."""
         if key in self.paused or self.rt.partition_of(*key) in self.paused_partitions:
             return
         self._drain()
@@ -327,18 +334,29 @@ class RuntimeMachine(RuleBasedStateMachine):
             gen = f"x{self._tag()}"
             self.rt.schedule_alarm(key[0], key[1], name, gen)
             self.entities[key].alarms[name] = gen
+        self._drain()  # where the change also goes through the queue, it is applied now
 
     # -- records ---------------------------------------------------------------------------
 
     @rule()
     def purge(self) -> None:
-        """Processed records purged with retention 0: only those of messages acknowledged
-        and no longer queued, in flight or held may go (their resends then apply anew)."""
+        """Processed records purged with retention 0: the store may drop the record of a
+        message acknowledged and no longer queued, in flight or held (a resend of it then
+        applies anew), never the record of one that is. (Skipped while a resend is queued:
+        a resend later than the retention is a new message, so the model could not say.)"""
         pending = self.rt.pending_task_ids()
+        if any(self.pushes[t] > 1 for t in pending):
+            return  # a queued resend may be newer than the resend window: either outcome holds
+        ids = list(self.records)
+        before = self.rt.recorded(ids)
         self.rt.purge_processed()
-        for task_id in list(self.records):
-            if task_id not in pending:
-                del self.records[task_id]
+        purged = before - self.rt.recorded(ids)
+        wrongly_purged = purged & pending
+        assert not wrongly_purged, (
+            f"purged the records of messages still queued, in flight or held: {wrongly_purged}"
+        )
+        for task_id in purged:
+            del self.records[task_id]
 
     # -- pause and resume -----------------------------------------------------------------
 
