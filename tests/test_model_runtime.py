@@ -498,8 +498,8 @@ class FinalChecked(RuntimeMachine):
 
 
 QUICK = settings(
-    max_examples=100,
-    stateful_step_count=40,
+    max_examples=250,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
