@@ -188,9 +188,11 @@ class RuntimeMachine(RuleBasedStateMachine):
         if task_id in self.records:
             reply: Reply | None = self.records[task_id]
         else:
-            reply, changed = self._model_apply(key, msg)
-            if changed:
-                self.records[task_id] = reply  # type: ignore[assignment]
+            # Every outcome counts as recorded, an error or a read-only reply too: a
+            # second copy of a task id is never applied again while its first's outcome
+            # is kept, and gets the first one's reply.
+            reply, _changed = self._model_apply(key, msg)
+            self.records[task_id] = reply  # type: ignore[assignment]
         if msg["op"] != OP_ALARM:
             self.first.setdefault(task_id, reply)
 
