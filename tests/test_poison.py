@@ -49,6 +49,12 @@ class BuggyProcessor:
     def flush(self, epoch: int | None) -> list[Any]:
         return []
 
+    def kept_replies(self) -> frozenset[str]:
+        return frozenset()
+
+    def acknowledged(self, ids: Any = None) -> None:
+        pass
+
 
 def test_a_poison_message_is_isolated_dead_lettered_and_the_partition_flows_on(  # type: ignore[no-untyped-def]
     store, redis_client

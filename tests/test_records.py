@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from entities.routing import lease_key, partition_for, queue_name
+from entities.routing import inflight_key, lease_key, partition_for, queue_name
 from entities.settings import Settings, get_settings
 from entities.store import SQLStore
 from entities.store.sql import make_engine
@@ -150,18 +150,28 @@ def test_a_redelivered_withdraw_with_its_reply_lost_gets_the_recorded_success(  
 
 
 def test_an_owner_that_lost_its_lease_stores_no_reply_it_computed(store, redis_client) -> None:  # type: ignore[no-untyped-def]
-    """Given a runner that applied a read and a committed increment, when its lease is
+    """Given a runner that applied a read alone (nothing committed), when its lease is
     taken before it settles, then the read's reply (computed from its memory) is not
-    stored, the increment's (recorded with its commit) is, and nothing is acknowledged."""
+    stored and nothing is acknowledged; given a read and an increment applied in one
+    batch, both replies are recorded with its commit and stored despite the loss."""
     [cid] = ids_in_partition("counter", 1)
     queue = queue_name(PARTITION)
     redis_client.lpush(queue, msg("counter", cid, "get", task_id="read"))
-    redis_client.lpush(queue, msg("counter", cid, "increment", task_id="write"))
     stale = runner(store, redis_client, get_settings(), "stale")
     stale._step()
     redis_client.set(lease_key(PARTITION), "new-owner", px=60_000)
     assert stale._step() is False  # the lease is lost
     assert stored_reply(redis_client, "read") is None
+    assert PartitionQueues(redis_client).depth(PARTITION) == (0, 1)
+
+    redis_client.delete(lease_key(PARTITION), inflight_key(PARTITION))
+    redis_client.lpush(queue, msg("counter", cid, "get", task_id="read-2"))
+    redis_client.lpush(queue, msg("counter", cid, "increment", task_id="write"))
+    stale = runner(store, redis_client, get_settings(), "stale-2")
+    stale._step()
+    redis_client.set(lease_key(PARTITION), "new-owner", px=60_000)
+    assert stale._step() is False
+    assert stored_reply(redis_client, "read-2")["result"] == 0
     assert stored_reply(redis_client, "write")["result"] == 1
     assert PartitionQueues(redis_client).depth(PARTITION) == (0, 2)
 

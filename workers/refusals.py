@@ -82,8 +82,7 @@ def refuse(env: Envelope, error: BaseException, partition: int) -> Refusal:
         f"{sender[0]} {sender[1]!r} sent {env.op!r} to {receiver[0]} {receiver[1]!r}, "
         f"which refused it: {kind.__name__}: {text}"
     )
-    reply = {"exc_type": kind.__qualname__, "exc_module": kind.__module__, "exc_message": text}
-    processed = Processed(env.task_id, *receiver, partition, False, reply)
+    processed = Processed(env.task_id, *receiver, partition, False, error_reply(error))
     msg: dict[str, Any] = {"op": env.op, "args": env.args, "kwargs": env.kwargs}
     if env.bad is None:  # a fresh task id: a replay is applied, not found as processed
         raw = celery_message(
@@ -103,6 +102,17 @@ def refuse(env: Envelope, error: BaseException, partition: int) -> Refusal:
             {"op": OP_SEND_FAILED, "args": [failure.to_json()]},
         )
     return Refusal(sender, receiver, env.op, error, reason, processed, dead, notice)
+
+
+def error_reply(error: BaseException) -> dict[str, str]:
+    """How a processed-message record keeps an error: its class and its message, as
+    :func:`recorded_error` rebuilds it."""
+    kind = type(error)
+    return {
+        "exc_type": kind.__qualname__,
+        "exc_module": kind.__module__,
+        "exc_message": _text(str(error)),
+    }
 
 
 def recorded_error(reply: Any) -> BaseException:

@@ -135,6 +135,9 @@ class PartitionRunner(threading.Thread):
         # Replies not committed, for a backend they cannot ride to: stored once the next
         # fetch has found the lease still ours.
         self._unfenced: list[Outcome] = []
+        # Replies the processor keeps for its next commit (see workers.processor) of
+        # messages a settle not yet read back acknowledges: dropped once it is read.
+        self._acking: frozenset[str] = frozenset()
         # Nothing in the in-flight list beyond ``pending`` may have been committed by an
         # earlier owner or pass (see the module's docstring); False until shown.
         self._settled = False
@@ -273,10 +276,18 @@ class PartitionRunner(threading.Thread):
             wait = min(WAIT_S, delayed_in, WAIT_S if due is None else due)
             if wait < MIN_WAIT_S:
                 wait = 0.0  # due now, or nearly: fetch without waiting
+        # Every applied message acknowledged: the replies kept for a later commit need none.
+        acking = self.processor.kept_replies() if ack and ack == self.pending else frozenset()
+        previous, self._acking = self._acking, frozenset()
         fetched = self.lane.exchange(
             self.isolation.fetch_size, self.pending, replies=replies, ack=ack, wait_s=wait
         )
         if fetched is not None:
+            self.processor.acknowledged(previous)  # its settle was read back by now
+            if self.lane.confirmed:
+                self.processor.acknowledged(acking)
+            else:
+                self._acking = acking
             self.pending -= ack
             self.isolation.passed(ack)
             self._store_unfenced()
@@ -362,6 +373,8 @@ class PartitionRunner(threading.Thread):
             raise LeaseLost(self.partition)
         acked, self.pending = self.pending, 0
         self.isolation.passed(acked)
+        self.processor.acknowledged()
+        self._acking = frozenset()
         self._store_unfenced()
         self._mark_acked()
         return True
@@ -417,6 +430,7 @@ class PartitionRunner(threading.Thread):
         self.pending = 0
         self._unsent = []
         self._unfenced = []
+        self._acking = frozenset()
         self._drained = False
         self._settled = False
         log.warning("partition %s: %s; retrying in %.2fs", self.partition, exc, backoff)
