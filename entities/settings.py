@@ -187,3 +187,14 @@ def configure(settings: Settings | None = None, **overrides: Any) -> Settings:
     base = settings if settings is not None else from_env()
     _current = base.replace(**overrides) if overrides else base
     return _current
+
+
+def installed() -> Settings | None:
+    """The process-wide settings if read or configured yet, else None (reads nothing)."""
+    return _current
+
+
+def reinstall(settings: Settings | None) -> None:
+    """Puts back what :func:`installed` returned (None: read the environment on next use)."""
+    global _current
+    _current = settings

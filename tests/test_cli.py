@@ -48,6 +48,29 @@ def test_migrate_reads_entities_database_url(tmp_path: Path) -> None:
     assert (tmp_path / "from-env.db").exists()
 
 
+def test_a_command_leaves_the_process_settings_and_store_as_they_were(tmp_path: Path) -> None:
+    """Given a process with its own settings and store, when a command runs in it on another
+    database, then afterwards the process's settings and store are the ones it had."""
+    from entities.client import set_store
+    from entities.settings import configure, get_settings, installed, reinstall
+    from entities.store import SQLStore
+
+    original = installed()
+    before = configure(database_url=f"sqlite:///{tmp_path / 'mine.db'}")
+    mine = SQLStore(before.database_url)
+    previous = set_store(mine)
+    try:
+        url = f"sqlite:///{tmp_path / 'other.db'}"
+        result = CliRunner().invoke(main, ["migrate"], env={"ENTITIES_DATABASE_URL": url})
+        assert result.exit_code == 0, result.output
+        assert get_settings() is before
+        assert set_store(mine) is mine
+    finally:
+        mine.close()
+        set_store(previous)
+        reinstall(original)
+
+
 def test_migrate_says_which_database_it_could_not_reach() -> None:
     url = "postgresql+psycopg://someone:secret@127.0.0.1:1/nowhere?connect_timeout=2"
     result = CliRunner().invoke(main, ["migrate", "--database-url", url])

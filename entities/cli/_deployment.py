@@ -13,13 +13,18 @@ anything. A command that meets a missing SQLite file stops with a message
 saying where it looked, before any engine could create the file or its folder;
 no command starts the embedded broker (an unreachable one is an error that
 says so, see ``entities.cli._output.entity_errors``).
+
+Invariant: a command's deployment lasts as long as the command. When it ends,
+the process's settings and store are the ones it had before (a store the
+command opened is closed), so a command run inside a longer process (a test,
+an embedding app) leaves no other deployment behind for the process's later work.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
@@ -124,6 +129,8 @@ def use(creates: bool = False) -> Settings:
     meta = ctx.find_root().meta if ctx is not None else {}
     settled = meta.get("entities.deployment")
     if settled is None:
+        if ctx is not None:
+            ctx.find_root().call_on_close(_restorer())
         settled = find()
         why = None if creates else missing_database(settled)
         if why is not None:
@@ -133,6 +140,26 @@ def use(creates: bool = False) -> Settings:
         meta["entities.deployment"] = settled
     _install(settled.settings)
     return settled.settings
+
+
+def _restorer() -> Callable[[], None]:
+    """Puts back the process's settings and store as they are now (called when the command
+    ends: a command run in a process that goes on, such as a test's or an embedding app's,
+    leaves its deployment behind in nothing process-wide)."""
+    from entities.client import set_store
+    from entities.settings import installed, reinstall
+
+    settings = installed()
+    store = set_store(None)
+    set_store(store)
+
+    def restore() -> None:
+        opened = set_store(store)
+        if opened is not None and opened is not store:
+            opened.close()
+        reinstall(settings)
+
+    return restore
 
 
 def _install(settings: Settings) -> None:
