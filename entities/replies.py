@@ -16,6 +16,12 @@ same name). A caller waits for it like this, and never misses it:
    them have gathered (or the loop is idle), one write instead of one per call;
    a late message on a finished key is ignored.
 
+Invariant: no key stays watched after its call is over. The wait that takes a
+key (answered or timed out) unwatches it; a result never waited for, or
+settled another way (``ready()``, ``state``), is forgotten by its finalizer,
+and the forgotten keys are dropped at the waiter's next watch or wait; so a
+long-running client's watched set holds only the calls still in flight.
+
 So a call costs the LPUSH's round trip and the reply's arrival; the SUBSCRIBE,
 the GET and the UNSUBSCRIBE overlap with the worker's own work.
 
@@ -85,6 +91,7 @@ class ReplyWaiter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             try:
+                self._drop_forgotten()
                 return self._wait(key, deadline)
             except Exception:
                 self.broken = True  # this thread's next call starts on a new connection

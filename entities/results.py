@@ -74,6 +74,7 @@ class EntityResult(AsyncResult, Generic[R]):  # type: ignore[misc]  # celery is 
                 raise error from exc
             if payload is None:
                 raise ReplyTimeout(self.timeout_message(timeout))
+            self._waiter = None  # the waiter let go of it; a reused task id is not forgotten
             self.settle(payload)
             if propagate and not kwargs.get("callback"):
                 return self.reply()
@@ -130,7 +131,7 @@ class EntityResult(AsyncResult, Generic[R]):  # type: ignore[misc]  # celery is 
 
     def __del__(self) -> None:
         waiter = self._waiter
-        if waiter is not None and self._cache is None:
+        if waiter is not None:  # never waited for (or settled another way, e.g. ready())
             waiter.forget(self.id)
 
 

@@ -54,12 +54,40 @@ def test_a_thread_unsubscribes_finished_replies_in_batches(workers) -> None:  # 
     from workers import send_to_entity
 
     workers.start(1)
-    assert [Counter.ref("batched").increment(1) for _ in range(150)] == list(range(1, 151))
     waiter = waiter_for(client_app().backend)
+    watched_before = set(waiter._watched)
+    assert [Counter.ref("batched").increment(1) for _ in range(150)] == list(range(1, 151))
+    assert waiter_for(client_app().backend) is waiter
     assert len(waiter._stale) < UNSUBSCRIBE_BATCH
-    assert len(waiter._watched) == 0
+    assert waiter._watched <= watched_before  # none of this test's 150 calls is still watched
     msg = {"op": "increment"}
     first = send_to_entity.apply_async(("counter", "batched", msg), task_id="same-id")
     assert first.get(timeout=REPLY_TIMEOUT_S) == 151
     again = send_to_entity.apply_async(("counter", "batched", msg), task_id="same-id")
     assert again.get(timeout=REPLY_TIMEOUT_S) == 151
+
+
+def test_a_call_over_another_way_is_not_watched_after(workers) -> None:  # type: ignore[no-untyped-def]
+    """Given calls whose replies were read another way (``ready()``) or never waited for, when
+    their results are gone and the thread calls again, then none of their reply keys is still
+    watched (a long-running client's subscriptions hold only the calls in flight)."""
+    import gc
+    import time
+
+    from entities.transport import client_app
+
+    workers.start(1)
+    waiter = waiter_for(client_app().backend)
+    polled = Counter.ref("polled").increment.delay(1)
+    unread = Counter.ref("polled").increment.delay(1)
+    keys = {waiter._prefix + polled.id, waiter._prefix + unread.id}
+    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    while not polled.ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert polled.get(timeout=REPLY_TIMEOUT_S) in (1, 2)
+    del polled, unread
+    gc.collect()
+
+    assert Counter.ref("polled").increment(1) == 3
+    assert waiter_for(client_app().backend) is waiter
+    assert not keys & waiter._watched
