@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -131,7 +132,10 @@ def schedule_alarm(
     validate_id("entity id", entity_id)
     encoded = encode(payload, Any, f"alarm {name!r} payload")
     when = fire_time(delay)
-    change = AlarmChange(registry.type_name(entity_type), entity_id, name, when, encoded)
+    scheduling = uuid.uuid4().hex  # one scheduling, written directly and by the queued copy
+    change = AlarmChange(
+        registry.type_name(entity_type), entity_id, name, when, encoded, scheduling
+    )
     _change_alarms(
         change.entity_type, entity_id, set_alarm_msg(change), lambda s: s.set_alarm(change)
     )
@@ -190,11 +194,12 @@ def retry_alarm(entity_type: str | type[Entity], entity_id: str, name: str) -> b
     if kept is None or kept.status not in ("failed", "skipped"):
         return False
     when = clock.now()
-    copy = AlarmChange(etype, entity_id, name, when, kept.payload)
+    scheduling = uuid.uuid4().hex  # one scheduling, written directly and by the queued copy
+    copy = AlarmChange(etype, entity_id, name, when, kept.payload, scheduling)
     _change_alarms(
         etype,
         entity_id,
         set_alarm_msg(copy),
-        lambda s: s.retry_alarm(etype, entity_id, name, when),
+        lambda s: s.retry_alarm(etype, entity_id, name, when, scheduling),
     )
     return True

@@ -229,6 +229,8 @@ def test_an_external_schedule_is_applied_in_order_and_creates_no_state(
         {"op": OP_SET_ALARM, "args": ["x", "tomorrow"]},
         {"op": OP_SET_ALARM, "args": ["x", "2030-01-01T00:00:00"]},
         {"op": OP_SET_ALARM, "args": ["x", 5]},
+        {"op": OP_SET_ALARM, "args": ["x", "2030-01-01T00:00:00+00:00", None, 5]},
+        {"op": OP_SET_ALARM, "args": ["x", "2030-01-01T00:00:00+00:00", None, ""]},
         {"op": OP_CLEAR_ALARMS, "args": [1]},
     ],
 )

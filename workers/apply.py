@@ -41,6 +41,7 @@ from entities.model import Entity
 from entities.sends import SendFailure
 from entities.settings import Settings
 from entities.store import (
+    Alarm,
     AlarmChange,
     AlarmOutcome,
     OutboxMessage,
@@ -299,7 +300,7 @@ class Applier:
         name, scheduling_id, attempt = env.args
         key = env.key
         done = AlarmOutcome(env.entity_type, env.entity_id, name, scheduling_id)
-        alarm = None if self._superseded(key, name, staged) else self.store.get_alarm(*key, name)
+        alarm = self._current_alarm(key, name, staged)
         if (
             alarm is None
             or alarm.scheduling_id != scheduling_id
@@ -366,13 +367,16 @@ class Applier:
                 )
         return outcome
 
-    def _superseded(self, key: Key, name: str, staged: dict[Key, Staged]) -> bool:
-        """True if a change not yet committed replaced, cancelled or cleared alarm ``name``."""
+    def _current_alarm(self, key: Key, name: str, staged: dict[Key, Staged]) -> Alarm | None:
+        """The current scheduling of alarm ``name``: the one the newest uncommitted change
+        leaves, if one changed it (see workers.pending), else the stored row."""
         st = staged.get(key)
         if st is not None and st.alarms.supersedes(name):
-            return True
+            return st.alarms.current(name)
         pending = self.deferred().get(key)
-        return pending is not None and pending.supersedes(name)
+        if pending is not None and pending.supersedes(name):
+            return pending.current(name)
+        return self.store.get_alarm(*key, name)
 
     # -- refusals of this entity's sends ---------------------------------------------
 

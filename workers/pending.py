@@ -11,6 +11,10 @@ entity are asked, newest first (this batch's, then the deferred ones):
 - a pending clear (a delete) means every stored alarm of the entity is gone;
 - only when neither applies does the stored row decide.
 
+A pending schedule that names its scheduling (an external change, see
+:mod:`entities.alarm_ops`) is that scheduling, current with attempt 0, so a
+firing of it dispatched from the direct write is not mistaken for a replaced one.
+
 At the commit, the clear is applied before the changes made after it, so a
 delete removes every alarm of the entity (staged, deferred or stored) while
 alarms scheduled by later messages survive. Only the latest change of each
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from entities.store import AlarmChange, CommitBatch
+from entities.store import Alarm, AlarmChange, CommitBatch
 
 Key = tuple[str, str]
 
@@ -56,6 +60,21 @@ class PendingAlarms:
     def supersedes(self, name: str) -> bool:
         """True if the stored scheduling of ``name`` is no longer current once these commit."""
         return self.cleared or name in self.changes
+
+    def current(self, name: str) -> Alarm | None:
+        """The scheduling of ``name`` these leave (only meaningful if they supersede it):
+        the latest schedule if it names its scheduling; None if cancelled, cleared or new."""
+        change = self.changes.get(name)
+        if change is None or change.fire_at is None or change.scheduling_id is None:
+            return None
+        return Alarm(
+            change.entity_type,
+            change.entity_id,
+            name,
+            change.fire_at,
+            change.payload,
+            change.scheduling_id,
+        )
 
     def into(self, key: Key, batch: CommitBatch) -> None:
         """Adds these changes to ``batch`` (its clears apply before its changes)."""

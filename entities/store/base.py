@@ -74,13 +74,20 @@ class Processed:
 
 @dataclasses.dataclass(frozen=True)
 class AlarmChange:
-    """Schedules (``fire_at`` set) or cancels (``fire_at`` None) one named alarm."""
+    """Schedules (``fire_at`` set) or cancels (``fire_at`` None) one named alarm.
+
+    ``scheduling_id`` names the scheduling a schedule makes; None: a new one at
+    its commit. Writing a scheduling the row already holds changes nothing (its
+    dispatch, attempts and status stay), so one scheduling written twice (the
+    client's direct write and its queued copy) is one scheduling, fired once.
+    """
 
     entity_type: str
     entity_id: str
     name: str
     fire_at: dt.datetime | None
     payload: Any = None
+    scheduling_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,12 +335,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def retry_alarm(
-        self, entity_type: str, entity_id: str, name: str, fire_at: dt.datetime
+        self,
+        entity_type: str,
+        entity_id: str,
+        name: str,
+        fire_at: dt.datetime,
+        scheduling_id: str | None = None,
     ) -> Alarm | None:
         """Schedules a failed or skipped alarm again, at ``fire_at``; returns it, or None.
 
-        The alarm keeps its payload and becomes a new scheduling (a new
-        ``scheduling_id``, attempts 0); None if the entity has no failed or
+        The alarm keeps its payload and becomes a new scheduling (``scheduling_id``,
+        or a new one if None; attempts 0); None if the entity has no failed or
         skipped alarm of that name.
         """
 

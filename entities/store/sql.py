@@ -258,12 +258,15 @@ class SQLStore(RecordTables, AlarmTables, LetterTables, Store):
                     )
             if batch.processed:
                 self._record_processed(conn, batch.processed, recorded_at)
-            for outcome in batch.alarm_outcomes:
-                self._alarm_outcome(conn, outcome, now)
             for entity_type, entity_id in batch.alarm_clears:
                 self._clear_alarms(conn, entity_type, entity_id)
             for change in batch.alarms:
                 self._set_alarm(conn, change)
+            # After the changes: an outcome names its scheduling, so a change that made
+            # another one leaves it no row to touch, and a firing of the scheduling a
+            # change of this batch wrote (entities.alarm_ops) removes what it wrote.
+            for outcome in batch.alarm_outcomes:
+                self._alarm_outcome(conn, outcome, now)
             if batch.outbox:
                 seq = self._next_outbox_seq(conn, {m.partition for m in batch.outbox}, now)
                 conn.execute(

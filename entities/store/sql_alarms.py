@@ -1,7 +1,9 @@
 """The alarms table of the SQL store: schedule, replace, cancel, list, claim, retry.
 
-Every scheduling gets a new ``scheduling_id``; firing or failing applies only to
-the scheduling it names, so a replaced or cancelled alarm never fires.
+Every scheduling gets a new ``scheduling_id`` (the change's own, if it names
+one); firing or failing applies only to the scheduling it names, so a replaced
+or cancelled alarm never fires. Writing the scheduling a row already holds is a
+no-op: its dispatch state, attempts and status stay.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class AlarmTables(SQLTables):
         values = {
             "fire_at": _utc(change.fire_at),
             "payload": change.payload,
-            "scheduling_id": uuid.uuid4().hex,
+            "scheduling_id": change.scheduling_id or uuid.uuid4().hex,
             "status": "scheduled",
             "attempts": 0,
             "last_error": None,
@@ -62,7 +64,11 @@ class AlarmTables(SQLTables):
                 name=change.name,
                 **values,
             )
-            .on_conflict_do_update(index_elements=["entity_type", "entity_id", "name"], set_=values)
+            .on_conflict_do_update(
+                index_elements=["entity_type", "entity_id", "name"],
+                set_=values,
+                where=a.scheduling_id != values["scheduling_id"],
+            )
         )
 
     def _alarm_outcome(self, conn: Connection, outcome: AlarmOutcome, now: dt.datetime) -> None:
@@ -176,7 +182,12 @@ class AlarmTables(SQLTables):
         return [_alarm(r) for r in rows]
 
     def retry_alarm(
-        self, entity_type: str, entity_id: str, name: str, fire_at: dt.datetime
+        self,
+        entity_type: str,
+        entity_id: str,
+        name: str,
+        fire_at: dt.datetime,
+        scheduling_id: str | None = None,
     ) -> Alarm | None:
         a = t.alarms.c
         with self._tx() as conn:
@@ -190,7 +201,7 @@ class AlarmTables(SQLTables):
                 )
                 .values(
                     fire_at=_utc(fire_at),
-                    scheduling_id=uuid.uuid4().hex,
+                    scheduling_id=scheduling_id or uuid.uuid4().hex,
                     status="scheduled",
                     attempts=0,
                     last_error=None,
