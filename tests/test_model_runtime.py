@@ -525,6 +525,7 @@ def test_the_runtime_keeps_its_contract_under_random_interleavings() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 2,000 examples of 80 steps: minutes, not seconds
 def test_the_runtime_keeps_its_contract_under_many_more_interleavings() -> None:
     """The same, with many more and longer runs."""
     from hypothesis.stateful import run_state_machine_as_test
