@@ -21,16 +21,8 @@ out before their commit and may repeat as documented; every reply carries
 whether it is a committed one (:attr:`Outcome.committed`), since only those
 may be stored by an owner that may have lost its partition.
 
-Replies that stage no change are recorded too, so a redelivery can never see a
-later message's effect. A message whose handler raised (or that expired) is
-recorded with its error in the commit of its own batch, which commits for it
-if nothing else does: applied again after a later commit it might succeed,
-out of order and against the error its caller was told. A message that
-changed nothing keeps its reply in memory (``_reads``) until the first commit
-after it, which records it; if every message applied so far is acknowledged
-first (:meth:`Processor.acknowledged`), no redelivery can follow and the
-replies are dropped unrecorded. At most ``MAX_READ_RECORDS`` wait; more are
-committed on their own.
+Replies that stage no change are kept too (:mod:`workers.kept`), so a
+redelivery after a later commit gets the reply it was first given.
 
 Strict entities (and relaxed ones escalated by a strict call or an alarm) are
 committed by the batch itself, fenced by each entity's version and the
@@ -63,9 +55,9 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
-from entities import clock, codec, registry, telemetry
+from entities import clock, registry, telemetry
 from entities.delayed import due_ms
 from entities.errors import BadMessage, FenceError, MessageExpired, StoreError
 from entities.messages import Envelope, parse_envelope
@@ -80,14 +72,12 @@ from entities.store import (
     Write,
 )
 from workers.apply import Applier, Outcome, Staged
+from workers.kept import KeptReplies
 from workers.memory import EntityMemory, Key, Live
 from workers.pending import PendingAlarms
-from workers.refusals import Refusal, error_reply, refuse
+from workers.refusals import Refusal, refuse
 
 log = logging.getLogger(__name__)
-
-#: Most replies of messages that changed nothing kept for the next commit; more commit.
-MAX_READ_RECORDS = 1000
 
 #: How many times a batch is retried after version conflicts before giving up for now.
 MAX_CONFLICT_RETRIES = 5
@@ -154,9 +144,7 @@ class Processor:
         )
         self.conflicts = 0
         self.sends_refused = 0  # entity-to-entity messages refused here (workers.refusals)
-        # Replies of applied messages that changed nothing, not yet acknowledged: recorded
-        # by the next commit (see the module docstring), by message id.
-        self._reads: dict[str, Processed] = {}
+        self.kept = KeptReplies(partition)  # replies recorded by the next commit
 
     # -- state of the partition ---------------------------------------------------
 
@@ -181,21 +169,16 @@ class Processor:
         """Drops every entity and every unflushed change (after an error or a handoff)."""
         self.memory.clear()
         self.deferred = Deferred()
-        self._reads = {}
+        self.kept.clear()
 
     def kept_replies(self) -> frozenset[str]:
         """The ids of the messages whose replies wait for the next commit."""
-        return frozenset(self._reads)
+        return self.kept.ids()
 
     def acknowledged(self, ids: frozenset[str] | None = None) -> None:
         """Tells that the messages ``ids`` (None: every message applied so far) are
-        acknowledged: no redelivery of them can follow, so their replies kept for the
-        next commit are dropped unrecorded."""
-        if ids is None:
-            self._reads = {}
-        else:
-            for message_id in ids:
-                self._reads.pop(message_id, None)
+        acknowledged: no redelivery of them can follow (see :mod:`workers.kept`)."""
+        self.kept.acknowledged(ids)
 
     # -- batches --------------------------------------------------------------
 
@@ -217,14 +200,14 @@ class Processor:
         # and the batch is applied again, reading the records first.
         read_records = self._reads_records(envelopes)
         for _ in range(MAX_CONFLICT_RETRIES):
-            reads = dict(self._reads)  # earlier batches', still unacknowledged
+            kept = self.kept.snapshot()  # earlier batches', still unacknowledged
             try:
                 return self._process_once(envelopes, epoch, held, read_records)
             except FenceError as exc:
                 self.reset()
                 if exc.stale_epoch or had_deferred:
                     raise
-                self._reads = reads
+                self.kept.restore(kept)
                 if exc.duplicate and not read_records:
                     read_records = True
                     log.info("partition %s: %s; applying the batch again", self.partition, exc)
@@ -260,12 +243,12 @@ class Processor:
         batch = CommitBatch(self.partition, epoch)
         try:
             touched = self._take_all_dirty(batch)
-            batch.processed.extend(self._reads.values())
+            self.kept.take_into(batch, force=True)
             self._commit(batch)
         except BaseException:
             self.reset()
             raise
-        self._reads = {}
+        self.kept.clear()
         self._committed(touched)
         telemetry.emit("entity.flush", {"entities": len(touched)}, partition=self.partition)
         return batch.outbox
@@ -382,15 +365,13 @@ class Processor:
         staged_ids.update(p.message_id for p in batch.processed)
         for env, outcome in applied:  # what staged no record: kept (module docstring)
             if outcome.task_id not in staged_ids:
-                self._keep(env, outcome, batch)
-        took_reads = bool(batch) or len(self._reads) >= MAX_READ_RECORDS
-        if took_reads:
-            batch.processed.extend(self._reads.values())
+                self.kept.keep(env, outcome, batch)
+        took_kept = self.kept.take_into(batch)
         staged_ids.update(p.message_id for p in batch.processed)
         batch.lookups = [o.task_id for o in unrecorded if o.task_id not in staged_ids]
         found = self._commit(batch)
-        if took_reads:
-            self._reads = {}
+        if took_kept:
+            self.kept.clear()
         self._committed(touched)
         for r in refused:
             self.sends_refused += 1
@@ -404,24 +385,6 @@ class Processor:
             elif outcome.task_id in recorded:
                 outcome.committed = True
         return BatchResult(outcomes, batch.outbox, holding, misrouted, delayed)
-
-    def _keep(self, env: Envelope, outcome: Outcome, batch: CommitBatch) -> None:
-        """Records an outcome that staged no record: an error in ``batch`` (which then
-        commits), a reply of a message that changed nothing for the next commit."""
-        if outcome.ok:
-            if env.silent:
-                return  # nobody reads its reply, and it changed nothing
-            try:
-                reply = codec.encode(outcome.value, Any, f"reply of {env.entity_type}.{env.op}")
-            except Exception:
-                return  # cannot be: the applier encoded it already
-            record = Processed(env.task_id, *env.key, self.partition, True, reply)
-            self._reads[env.task_id] = record
-            return
-        error = outcome.error if outcome.error is not None else RuntimeError("failed")
-        batch.processed.append(
-            Processed(env.task_id, *env.key, self.partition, False, error_reply(error))
-        )
 
     def _stage(self, staged: dict[Key, Staged], batch: CommitBatch) -> list[tuple[Key, Live]]:
         """Splits this batch's changes into the commit and the deferred set.
