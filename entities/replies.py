@@ -170,6 +170,9 @@ class AsyncReplies:
         self._reader: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._connecting = asyncio.Lock()
+        # True once a subscribe has completed: the connection exists and is set up (while
+        # it connects, ``connection`` is already set, so checking it let others in early).
+        self._subscribed = False
         self._done: list[str] = []
         self._unchecked: list[str] = []
         self._checker: asyncio.Task[None] | None = None
@@ -193,9 +196,10 @@ class AsyncReplies:
             self._done.remove(key)
         future.add_done_callback(lambda f: self._release(key, f))
         if len(waiting) == 1:
-            if self._pubsub.connection is None:  # the first subscribe connects: only one may
+            if not self._subscribed:  # until a first subscribe has connected, one at a time
                 async with self._connecting:
                     await self._pubsub.subscribe(key)
+                    self._subscribed = True
             else:
                 await self._pubsub.subscribe(key)
         if self._reader is None or self._reader.done():
